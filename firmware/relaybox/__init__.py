@@ -1,0 +1,2 @@
+# relaybox: a LAN mail relay for MicroPython boards.
+VERSION = "0.1.0"

@@ -1,0 +1,77 @@
+# What the relay does to an incoming message while it streams to flash: a Received:
+# line on top, and Date: and Message-ID: when the device left them out (RFC 6409 s. 8).
+from .clock import rfc5322_date
+
+_CRLF = b"\r\n"
+_WSP = (0x20, 0x09)
+
+
+def _field_name(line):
+    """The lower-case name of a header field line, or None when it is not one."""
+    i = 0
+    n = len(line)
+    # RFC 5322 field names are printable ASCII without colon; 76 is plenty.
+    while i < n and i < 77:
+        c = line[i]
+        if c == 0x3A:
+            return bytes(line[:i]).lower() if i else None
+        if c <= 0x20 or c >= 0x7F:
+            return None
+        i += 1
+    return None
+
+
+class Inbound:
+    """Feeds message lines to out (anything with write), tracking the header section."""
+
+    def __init__(self, out, received, msg_id, hostname):
+        self.out = out
+        self.msg_id = msg_id
+        self.hostname = hostname
+        self.in_header = True
+        self.has_date = False
+        self.has_msgid = False
+        out.write(received)
+
+    def _end_header(self):
+        self.in_header = False
+        w = self.out.write
+        if not self.has_date:
+            w(b"Date: %s\r\n" % rfc5322_date().encode())
+        if not self.has_msgid:
+            w(b"Message-ID: <%s@%s>\r\n" % (self.msg_id.encode(), self.hostname.encode()))
+
+    def line(self, text):
+        """One message line without its line ending, already dot-unstuffed."""
+        if self.in_header:
+            if not len(text):
+                self._end_header()
+            elif text[0] not in _WSP:
+                name = _field_name(text)
+                if name == b"date":
+                    self.has_date = True
+                elif name == b"message-id":
+                    self.has_msgid = True
+                elif name is None:
+                    # Body text without a blank line first: close the header for it.
+                    self._end_header()
+                    self.out.write(_CRLF)
+        self.out.write(text)
+        self.out.write(_CRLF)
+
+    def finish(self):
+        if self.in_header:
+            self._end_header()
+
+
+def received(helo, peer_ip, hostname, msg_id, rcpts):
+    """A Received: field (RFC 5321 section 4.4) for the top of the message."""
+    v = "Received: from %s ([%s])\r\n\tby %s (relaybox) with ESMTP id %s\r\n" % (
+        helo,
+        peer_ip,
+        hostname,
+        msg_id,
+    )
+    if len(rcpts) == 1:
+        v += "\tfor <%s>" % rcpts[0]
+    return (v + "; %s\r\n" % rfc5322_date()).encode()

@@ -1,0 +1,478 @@
+# The LAN side: an RFC 5321 server session per client, streaming DATA to the spool.
+import asyncio
+import socket
+import time
+
+from micropython import const
+
+from . import log, replies
+from .message import Inbound, received
+from .spool import is_full
+
+# RFC 5321 section 4.5.3.1: text lines are 1000 octets with CRLF; a dot-stuffed data
+# line may carry one octet more on the wire.
+_MAX_LINE = const(1000)
+_MAX_DATA_LINE = const(1001)
+_BUF_SIZE = const(2048)
+_MAX_PATH = const(256)  # RFC 5321 section 4.5.3.1.3
+# Flash kept free for delivery state and the filesystem's own blocks.
+_RESERVE = const(32768)
+
+_LONG = object()  # readline's answer for a line longer than the buffer
+
+
+def _peer_ip(addr):
+    if isinstance(addr, tuple):
+        return addr[0]
+    try:
+        fam, ip, _ = socket.sockaddr(addr)
+        return socket.inet_ntop(fam, ip)
+    except Exception:
+        return "unknown"
+
+
+class LineReader:
+    """Bounded line reads from a stream through one buffer that belongs to the session."""
+
+    def __init__(self, stream, session):
+        self.s = stream
+        self.session = session
+        self.buf = bytearray(_BUF_SIZE)
+        self.mv = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def pending(self):
+        return self.end > self.start
+
+    async def readline(self, limit):
+        """The next line with its LF as a memoryview valid until the next call,
+        _LONG when it exceeds limit (the rest of it is skipped), None at end of input."""
+        long = False
+        while True:
+            i = self.buf.find(b"\n", self.start, self.end)
+            if i >= 0:
+                line = self.mv[self.start : i + 1]
+                self.start = i + 1
+                if long or len(line) > limit:
+                    return _LONG
+                return line
+            if self.end - self.start > limit:
+                long = True
+                self.start = self.end = 0
+            elif self.start and self.end == _BUF_SIZE:
+                n = self.end - self.start
+                self.buf[:n] = self.mv[self.start : self.end]
+                self.start, self.end = 0, n
+            elif self.start == self.end:
+                self.start = self.end = 0
+            n = await self.s.readinto(self.mv[self.end :])
+            if not n:
+                return None
+            self.end += n
+            self.session.last = time.ticks_ms()
+
+
+def _is_ascii_text(line):
+    for c in line:
+        if c < 0x20 and c != 0x09 or c > 0x7E:
+            return False
+    return True
+
+
+def _parse_path(arg, prefix):
+    """Split 'FROM:<a@b> PARAMS' into ('a@b', [params]); None when malformed."""
+    if not arg.upper().startswith(prefix):
+        return None
+    arg = arg[len(prefix) :].lstrip()
+    if not arg.startswith("<"):
+        return None
+    close = arg.find(">")
+    if close < 0:
+        return None
+    path = arg[1:close]
+    rest = arg[close + 1 :]
+    if rest and rest[0] != " ":
+        return None
+    # A source route (@a,@b:user@c) is to be ignored (RFC 5321 appendix C).
+    if path.startswith("@"):
+        colon = path.find(":")
+        if colon < 0:
+            return None
+        path = path[colon + 1 :]
+    if len(path) > _MAX_PATH or " " in path or "<" in path:
+        return None
+    return path, rest.split()
+
+
+def _valid_mailbox(addr):
+    at = addr.rfind("@")
+    if at < 1 or at == len(addr) - 1:
+        return False
+    domain = addr[at + 1 :]
+    if domain.startswith("["):
+        return domain.endswith("]")
+    for label in domain.split("."):
+        if not label:
+            return False
+    return True
+
+
+class Session:
+    def __init__(self, server, stream, peer):
+        self.server = server
+        self.cfg = server.cfg
+        self.stream = stream
+        self.peer = peer
+        self.reader = LineReader(stream, self)
+        self.last = time.ticks_ms()
+        self.task = None
+        self.timed_out = False
+        self.errors = 0
+        self.helo = None
+        self._reset()
+
+    def _reset(self):
+        self.sender = None
+        self.rcpts = []
+
+    async def reply(self, data):
+        self.stream.write(data)
+        # RFC 2920: replies to a pipelined group may go out together.
+        if not self.reader.pending():
+            await self.stream.drain()
+
+    async def run(self):
+        srv = self.server
+        if not srv.policy.may_relay(self.peer):
+            log.warn("smtp", "peer=%s refused: not in allow list" % self.peer)
+            await self.reply(replies.ACCESS_DENIED.format(self.peer).encode())
+            return
+        await self.reply(replies.GREETING.format(srv.hostname).encode())
+        while True:
+            line = await self.reader.readline(_MAX_LINE)
+            if line is None:
+                return
+            if line is _LONG:
+                if await self._error(replies.LINE_TOO_LONG):
+                    return
+                continue
+            if not await self._command(line):
+                return
+
+    async def _error(self, reply):
+        """Answer a client mistake; True when its budget is spent and the session ends."""
+        self.errors += 1
+        if self.errors >= self.server.max_errors:
+            log.warn("smtp", "peer=%s closed: too many errors" % self.peer)
+            await self.reply(replies.TOO_MANY_ERRORS)
+            return True
+        await self.reply(reply)
+        return False
+
+    async def _command(self, line):
+        n = len(line) - 1
+        if n and line[n - 1] == 0x0D:
+            n -= 1
+        line = line[:n]
+        if not _is_ascii_text(line):
+            return not await self._error(replies.SYNTAX)
+        text = bytes(line).decode()
+        verb, _, arg = text.partition(" ")
+        handler = _VERBS.get(verb.upper())
+        if handler is None:
+            return not await self._error(replies.SYNTAX)
+        reply = await handler(self, arg.strip())
+        if reply is True:  # QUIT
+            return False
+        if reply is None:
+            return True
+        if reply[0] in b"45" and reply[:3] not in (b"452", b"421"):
+            return not await self._error(reply)
+        await self.reply(reply)
+        return not reply.startswith(b"421")
+
+    async def do_helo(self, arg):
+        if not arg or " " in arg:
+            return replies.ARGS
+        self._reset()
+        self.helo = arg
+        return ("250 %s\r\n" % self.server.hostname).encode()
+
+    async def do_ehlo(self, arg):
+        if not arg or " " in arg:
+            return replies.ARGS
+        self._reset()
+        self.helo = arg
+        return (
+            "250-%s greets %s\r\n250-SIZE %d\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+            "250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n"
+            % (self.server.hostname, arg, self.server.size_limit())
+        ).encode()
+
+    async def do_mail(self, arg):
+        if self.helo is None:
+            return replies.NEED_HELO
+        if self.sender is not None:
+            return replies.NESTED_MAIL
+        parsed = _parse_path(arg, "FROM:")
+        if parsed is None or parsed[0] and not _valid_mailbox(parsed[0]):
+            return replies.BAD_SENDER
+        path, params = parsed
+        for p in params:
+            key, _, value = p.upper().partition("=")
+            if key == "SIZE" and value.isdigit():
+                size = int(value)
+                if size > self.server.max_bytes:
+                    return replies.SIZE_EXCEEDED
+                if size > self.server.size_limit():
+                    return replies.STORAGE_FULL
+            elif key == "BODY" and value in ("7BIT", "8BITMIME"):
+                pass
+            else:
+                return replies.PARAM_UNKNOWN
+        if self.server.spool_free() <= 0:
+            return replies.STORAGE_FULL
+        self.sender = path
+        return replies.SENDER_OK
+
+    async def do_rcpt(self, arg):
+        if self.sender is None:
+            return replies.NEED_MAIL if self.helo else replies.NEED_HELO
+        parsed = _parse_path(arg, "TO:")
+        if parsed is None:
+            return replies.BAD_RCPT
+        path, params = parsed
+        # RFC 5321 section 4.5.1: <postmaster> without a domain is always accepted.
+        if not (_valid_mailbox(path) or path.lower() == "postmaster"):
+            return replies.BAD_RCPT
+        if params:
+            return replies.PARAM_UNKNOWN
+        if not self.server.policy.may_relay(self.peer):
+            return replies.RELAY_DENIED
+        if len(self.rcpts) >= self.server.max_rcpts:
+            return replies.TOO_MANY_RCPTS
+        self.rcpts.append(path)
+        return replies.RCPT_OK
+
+    async def do_data(self, arg):
+        if arg:
+            return replies.NO_DATA_ARGS
+        if self.sender is None:
+            return replies.NEED_MAIL if self.helo else replies.NEED_HELO
+        if not self.rcpts:
+            return replies.NEED_RCPT
+        try:
+            w = self.server.spool.writer(self.sender, self.rcpts, self.peer, self.helo)
+        except OSError as e:
+            log.error("spool", "cannot start a message: %r" % e)
+            return replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+        try:
+            await self.reply(replies.START_DATA)
+            result = await self._receive(w)
+        except BaseException:
+            w.abort()
+            raise
+        if result is None:
+            w.abort()
+            return True  # the client went away: nothing was accepted
+        if result is not replies.OK:
+            w.abort()
+            log.warn("smtp", "peer=%s from=<%s> refused: %s" % (self.peer, self.sender, result))
+            self._reset()
+            return result
+        try:
+            id = w.commit()
+        except OSError as e:
+            log.error("spool", "commit failed: %r" % e)
+            self._reset()
+            return replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+        log.info(
+            "smtp",
+            "id=%s from=<%s> rcpt=%d size=%d peer=%s result=queued"
+            % (id, self.sender, len(self.rcpts), w.size, self.peer),
+        )
+        self._reset()
+        self.server.queued(id)
+        return replies.QUEUED.format(id).encode()
+
+    async def _receive(self, w):
+        """Stream message lines into the writer until CRLF.CRLF; return the reply to
+        give (OK when the message may be committed) or None when the client left."""
+        srv = self.server
+        msg = Inbound(
+            w, received(self.helo, self.peer, srv.hostname, w.id, self.rcpts), w.id, srv.hostname
+        )
+        result = replies.OK
+        size = 0
+        after_crlf = True
+        while True:
+            line = await self.reader.readline(_MAX_DATA_LINE)
+            if line is None:
+                return None
+            if line is _LONG:
+                if result is replies.OK:
+                    result = replies.DATA_LINE_TOO_LONG
+                after_crlf = False
+                continue
+            n = len(line) - 1
+            crlf = n > 0 and line[n - 1] == 0x0D
+            if crlf:
+                n -= 1
+            # Only CRLF "." CRLF ends the data; a bare LF never does (SMTP smuggling).
+            if n == 1 and line[0] == 0x2E and crlf and after_crlf:
+                break
+            after_crlf = crlf
+            text = line[1:n] if n and line[0] == 0x2E else line[:n]
+            size += len(text) + 2
+            if result is not replies.OK:
+                continue
+            if size > srv.max_bytes:
+                result = replies.SIZE_EXCEEDED
+                continue
+            try:
+                msg.line(text)
+            except OSError as e:
+                log.error("spool", "write failed: %r" % e)
+                result = replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+        if result is replies.OK:
+            try:
+                msg.finish()
+            except OSError as e:
+                result = replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+        return result
+
+    async def do_rset(self, arg):
+        self._reset()
+        return replies.OK
+
+    async def do_noop(self, arg):
+        return replies.OK
+
+    async def do_quit(self, arg):
+        await self.reply(replies.CLOSING)
+        return True
+
+    async def do_help(self, arg):
+        return replies.HELP
+
+    async def do_vrfy(self, arg):
+        return replies.VRFY if arg else replies.ARGS
+
+    async def do_not_implemented(self, arg):
+        return replies.NOT_IMPLEMENTED
+
+
+_VERBS = {
+    "HELO": Session.do_helo,
+    "EHLO": Session.do_ehlo,
+    "MAIL": Session.do_mail,
+    "RCPT": Session.do_rcpt,
+    "DATA": Session.do_data,
+    "RSET": Session.do_rset,
+    "NOOP": Session.do_noop,
+    "QUIT": Session.do_quit,
+    "HELP": Session.do_help,
+    "VRFY": Session.do_vrfy,
+    "EXPN": Session.do_not_implemented,
+    "TURN": Session.do_not_implemented,
+    "ETRN": Session.do_not_implemented,
+    "STARTTLS": Session.do_not_implemented,
+    "AUTH": Session.do_not_implemented,
+}
+
+
+class Server:
+    """Accepts LAN clients; one Session each, up to max_clients at once."""
+
+    def __init__(self, cfg, spool, policy, on_queued=None):
+        self.cfg = cfg
+        self.spool = spool
+        self.policy = policy
+        self.on_queued = on_queued
+        self.hostname = cfg.get("hostname")
+        self.max_bytes = cfg.get("max_message_bytes")
+        self.max_rcpts = cfg.get("max_recipients")
+        self.max_clients = cfg.get("max_clients")
+        self.max_errors = cfg.get("max_errors")
+        self.timeout_ms = cfg.get("idle_timeout") * 1000
+        self.sessions = []
+        self.accepted = 0
+        self.server = None
+
+    def spool_free(self):
+        try:
+            return self.spool.free_bytes() - _RESERVE
+        except OSError:
+            return 0
+
+    def size_limit(self):
+        """RFC 1870 SIZE: the configured limit, or less when the flash is nearly full."""
+        return max(1, min(self.max_bytes, self.spool_free()))
+
+    def queued(self, id):
+        if self.on_queued:
+            self.on_queued(id)
+
+    async def start(self):
+        host, port = self.cfg.get("listen.host"), self.cfg.get("listen.port")
+        self.server = await asyncio.start_server(self._client, host, port, backlog=8)
+        log.info("smtp", "listening on %s:%d" % (host, port))
+
+    async def watchdog(self):
+        """Ends sessions idle for longer than idle_timeout (RFC 5321 section 4.5.3.2)."""
+        while True:
+            await asyncio.sleep_ms(500)
+            now = time.ticks_ms()
+            for s in self.sessions:
+                if not s.timed_out and time.ticks_diff(now, s.last) > self.timeout_ms:
+                    s.timed_out = True
+                    s.task.cancel()
+
+    async def _client(self, reader, writer):
+        peer = _peer_ip(writer.get_extra_info("peername"))
+        self.accepted += 1
+        if len(self.sessions) >= self.max_clients:
+            log.warn("smtp", "peer=%s refused: %d clients already" % (peer, len(self.sessions)))
+            await self._close(writer, replies.TOO_BUSY)
+            return
+        s = Session(self, writer, peer)
+        s.task = asyncio.current_task()
+        self.sessions.append(s)
+        log.debug("smtp", "peer=%s connected" % peer)
+        farewell = None
+        try:
+            await s.run()
+        except asyncio.CancelledError:
+            if s.timed_out:
+                log.info("smtp", "peer=%s idle timeout" % peer)
+                farewell = replies.IDLE_TIMEOUT
+            else:
+                farewell = replies.SHUTTING_DOWN
+        except OSError as e:
+            # Resets and broken pipes are how LAN devices often leave; not worth more.
+            log.debug("smtp", "peer=%s connection error %r" % (peer, e))
+        except Exception as e:
+            log.error("smtp", "peer=%s session failed: %r" % (peer, e))
+        finally:
+            self.sessions.remove(s)
+            await self._close(writer, farewell)
+
+    async def _close(self, writer, farewell):
+        try:
+            if farewell:
+                writer.write(farewell)
+                await writer.drain()
+        except Exception:
+            pass
+        try:
+            writer.close()
+            await writer.wait_closed()
+        except Exception:
+            pass
+
+    async def stop(self):
+        if self.server:
+            self.server.close()
+        for s in list(self.sessions):
+            s.task.cancel()
