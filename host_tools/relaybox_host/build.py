@@ -50,6 +50,8 @@ def compile_firmware(board_name, out_dir, source=False):
         (p, Path("lib/relaybox") / p.name) for p in sorted((FIRMWARE / "relaybox").glob("*.py"))
     ]
     plan.append((BOARDS / board_name / "board.py", Path("lib/board.py")))
+    # Code several boards share (network bring-up) sits beside the board module in /lib.
+    plan += [(p, Path("lib") / p.name) for p in sorted((BOARDS / "common").glob("*.py"))]
     written = []
     for src, rel in plan:
         if source:

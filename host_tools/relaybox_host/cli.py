@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from . import __version__, run
+from . import __version__, image, run
 from .errors import ToolError
 
 # Each module adds its own subcommands; keep one line per module.
-MODULES = [run]
+MODULES = [run, image]
 
 
 def parser():
