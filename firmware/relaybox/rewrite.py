@@ -1,0 +1,164 @@
+"""Header rewriting on the way out: the provider's sender in From:, the original kept.
+
+Providers refuse mail whose From: is not the authenticated account, so the message leaves
+with `From: "<original name>" <sender>`. Nothing is lost: the original From: line stays in
+the message renamed X-Original-From:, and it becomes Reply-To: when the message had none,
+so that answers still reach the device's owner. A message whose From: already is the
+sender is sent unchanged. The spool copy is never modified: the change happens while the
+message streams out, through one bounded line buffer.
+"""
+
+from micropython import const
+
+_LINE = const(1000)  # RFC 5322 §2.1.1: 998 characters plus CRLF
+_HEADER_MAX = const(65536)  # past this the header is not parsed; the message goes as it is
+_FIELD_MAX = const(1000)  # the part of a From: field kept for parsing
+
+
+def _name(line):
+    i = line.find(b":")
+    return line[:i].strip().lower() if 0 < i < 77 else None
+
+
+def _unquote(text):
+    # Drop the quoting of quoted-strings; from_header() quotes the whole name again.
+    out = bytearray()
+    escaped = False
+    for c in text:
+        if escaped:
+            out.append(c)
+            escaped = False
+        elif c == 0x5C:
+            escaped = True
+        elif c != 0x22:
+            out.append(c)
+    return bytes(out)
+
+
+def parse_from(value):
+    """Return (display name, address) from a From: field body (bytes), best effort."""
+    value = b" ".join(value.split())  # unfold
+    lt = value.find(b"<")
+    if lt >= 0:
+        gt = value.find(b">", lt)
+        addr = value[lt + 1 : gt if gt > 0 else len(value)].strip()
+        display = _unquote(value[:lt].strip())
+    else:
+        # "addr (comment)", or a list of addresses of which the first counts.
+        addr = value.split(b",")[0]
+        display = b""
+        lp = addr.find(b"(")
+        if lp >= 0:
+            display = addr[lp + 1 :].rstrip(b") ")
+            addr = addr[:lp]
+        addr = addr.strip()
+    return display.strip(), addr
+
+
+def _quoted(text):
+    return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def from_header(display, original_addr, sender):
+    """The new From: line. The display name says who really wrote the message; an
+    address as display name would look like spoofing, so "dev@lan" shows as "dev at lan"."""
+    if not display:
+        display = original_addr.replace(b"@", b" at ")
+    if b"=?" in display:
+        name = display  # RFC 2047 encoded words must not be quoted
+    elif display:
+        name = _quoted(display)
+    else:
+        name = b""
+    return b"From: " + (name + b" " if name else b"") + b"<" + sender.encode() + b">\r\n"
+
+
+class Outbound:
+    """Wraps a spool file positioned at the message; readinto() gives the rewritten bytes.
+
+    `sender` is the address the provider accepts; `envelope_from` is the original
+    envelope sender, used as Reply-To when the message has no From: at all.
+    """
+
+    def __init__(self, f, sender, envelope_from):
+        self.f = f
+        self.base = f.tell()
+        self.insert_at = None  # offset from base where `extra` goes in
+        self.extra = b""
+        self._scan(sender, envelope_from)
+        f.seek(self.base)
+        self.pos = 0  # bytes of the original consumed
+        self.sent_extra = 0 if self.extra else None
+
+    @property
+    def delta(self):
+        """How many bytes longer the message is on the way out."""
+        return len(self.extra)
+
+    def _scan(self, sender, envelope_from):
+        f = self.f
+        offset = 0
+        from_at = None
+        from_value = b""
+        in_from = False
+        has_reply_to = False
+        bol = True  # a readline piece that does not end in LF continues the same line
+        while offset < _HEADER_MAX:
+            line = f.readline(_LINE)
+            if not line:
+                break
+            start = offset
+            offset += len(line)
+            if bol and line in (b"\r\n", b"\n"):
+                offset = start
+                break
+            if bol and line[:1] in (b" ", b"\t"):
+                if in_from and len(from_value) < _FIELD_MAX:
+                    from_value += line
+            elif bol:
+                name = _name(line)
+                in_from = name == b"from" and from_at is None
+                if in_from:
+                    from_at = start
+                    from_value = line[line.find(b":") + 1 :]
+                elif name == b"reply-to":
+                    has_reply_to = True
+            elif in_from and len(from_value) < _FIELD_MAX:
+                from_value += line
+            bol = line.endswith(b"\n")
+        else:
+            return  # a header this long is left alone
+        if from_at is None:
+            # No From: at all (RFC 5322 wants one): add it before the end of the header.
+            self.insert_at = offset
+            self.extra = b"From: <" + sender.encode() + b">\r\n"
+            if envelope_from and not has_reply_to:
+                self.extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
+            return
+        display, addr = parse_from(from_value)
+        if addr.lower() == sender.encode().lower():
+            return
+        self.insert_at = from_at
+        self.extra = from_header(display, addr, sender)
+        if not has_reply_to:
+            # The original field body, folding and all, is a valid Reply-To body.
+            self.extra += b"Reply-To:" + from_value.rstrip(b"\r\n") + b"\r\n"
+        self.extra += b"X-Original-"  # the original "From:" line follows
+
+    def readinto(self, buf):
+        mv = memoryview(buf)
+        if self.sent_extra is not None:
+            if self.pos < self.insert_at:
+                want = min(len(buf), self.insert_at - self.pos)
+                n = self.f.readinto(mv[:want])
+                self.pos += n or 0
+                return n
+            k = min(len(buf), len(self.extra) - self.sent_extra)
+            mv[:k] = self.extra[self.sent_extra : self.sent_extra + k]
+            self.sent_extra += k
+            if self.sent_extra == len(self.extra):
+                self.sent_extra = None
+            return k
+        n = self.f.readinto(buf)
+        self.pos += n or 0
+        return n

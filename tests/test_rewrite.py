@@ -1,0 +1,107 @@
+"""Header rewriting on the way out, run under MicroPython through small and large buffers."""
+
+import json
+
+import mpdriver
+import pytest
+
+SENDER = "alice@example.net"
+
+DRIVER = """
+import json
+from relaybox import rewrite
+
+path, sender, env_from, size = json.loads(%r)
+with open(path, "rb") as f:
+    f.seek(7)  # the spool keeps an envelope before the message
+    src = rewrite.Outbound(f, sender, env_from)
+    buf = bytearray(size)
+    out = bytearray()
+    while True:
+        n = src.readinto(buf)
+        if not n:
+            break
+        out += buf[:n]
+print(json.dumps([out.decode(), src.delta]))
+"""
+
+
+def rewritten(tmp_path, message, env_from="printer@lan", bufsize=7):
+    path = tmp_path / "msg"
+    path.write_bytes(b"ENVELOP" + message)
+    args = json.dumps([str(path), SENDER, env_from, bufsize])
+    result = mpdriver.run(DRIVER % args)
+    assert result.returncode == 0, result.stderr
+    out, delta = json.loads(result.stdout)
+    assert len(out.encode()) == len(message) + delta
+    return out.encode()
+
+
+@pytest.mark.parametrize("bufsize", [1, 7, 2048])
+def test_from_rewritten_original_kept_as_reply_to(tmp_path, bufsize):
+    msg = b"Received: x\r\nFrom: Printer <printer@lan>\r\nSubject: s\r\n\r\nFrom: body\r\n"
+    assert rewritten(tmp_path, msg, bufsize=bufsize) == (
+        b"Received: x\r\n"
+        b'From: "Printer" <alice@example.net>\r\n'
+        b"Reply-To: Printer <printer@lan>\r\n"
+        b"X-Original-From: Printer <printer@lan>\r\n"
+        b"Subject: s\r\n\r\nFrom: body\r\n"
+    )
+
+
+def test_existing_reply_to_kept_and_folded_from(tmp_path):
+    msg = (
+        b'Reply-To: desk@lan\r\nFROM: "Scan \\"3\\"" (x)\r\n <scan@lan>\r\n'
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+    assert rewritten(tmp_path, msg) == (
+        b"Reply-To: desk@lan\r\n"
+        b'From: "Scan \\"3\\" (x)" <alice@example.net>\r\n'
+        b'X-Original-FROM: "Scan \\"3\\"" (x)\r\n <scan@lan>\r\n'
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+
+
+def test_bare_address_becomes_readable_name(tmp_path):
+    msg = b"From: nas@lan.home\r\n\r\nx\r\n"
+    assert rewritten(tmp_path, msg).startswith(
+        b'From: "nas at lan.home" <alice@example.net>\r\nReply-To: nas@lan.home\r\n'
+    )
+
+
+def test_encoded_word_name_is_not_quoted(tmp_path):
+    msg = b"From: =?utf-8?q?K=C3=BChlschrank?= <fridge@lan>\r\n\r\nx\r\n"
+    out = rewritten(tmp_path, msg)
+    assert out.startswith(b"From: =?utf-8?q?K=C3=BChlschrank?= <alice@example.net>\r\n")
+
+
+def test_from_already_the_sender_is_unchanged(tmp_path):
+    msg = b"From: Alice <Alice@Example.NET>\r\nSubject: s\r\n\r\nx\r\n"
+    assert rewritten(tmp_path, msg) == msg
+
+
+def test_missing_from_is_added_with_envelope_sender_as_reply_to(tmp_path):
+    msg = b"Subject: s\r\nDate: d\r\n\r\nbody\r\n"
+    assert rewritten(tmp_path, msg) == (
+        b"Subject: s\r\nDate: d\r\nFrom: <alice@example.net>\r\nReply-To: <printer@lan>\r\n"
+        b"\r\nbody\r\n"
+    )
+    assert rewritten(tmp_path, msg, env_from="") == (
+        b"Subject: s\r\nDate: d\r\nFrom: <alice@example.net>\r\n\r\nbody\r\n"
+    )
+
+
+def test_long_header_lines_and_body_pass_through(tmp_path):
+    msg = b"X-Long: " + b"a" * 3000 + b"\r\nFrom: p@lan\r\n\r\n" + b"b" * 5000 + b"\r\n"
+    out = rewritten(tmp_path, msg, bufsize=2048)
+    assert (
+        out
+        == b"X-Long: "
+        + b"a" * 3000
+        + (
+            b'\r\nFrom: "p at lan" <alice@example.net>\r\nReply-To: p@lan\r\n'
+            b"X-Original-From: p@lan\r\n\r\n"
+        )
+        + b"b" * 5000
+        + b"\r\n"
+    )
