@@ -177,13 +177,13 @@ def parse_value(key, text):
         try:
             return int(text)
         except ValueError:
-            raise ConfigError(key, "must be an integer")
+            raise ConfigError(key, "must be an integer") from None
     items = [t.strip() for t in text.split(",") if t.strip()]
     if _ITEM_TYPES[key] is int:
         try:
             return [int(t) for t in items]
         except ValueError:
-            raise ConfigError(key, "items must be integers")
+            raise ConfigError(key, "items must be integers") from None
     return items
 
 
@@ -218,9 +218,9 @@ class Config:
             with open(path) as f:
                 data = json.load(f)
         except OSError:
-            raise ConfigError(path, "cannot read the config file")
+            raise ConfigError(path, "cannot read the config file") from None
         except ValueError as e:
-            raise ConfigError(path, "not valid JSON (%s)" % e)
+            raise ConfigError(path, "not valid JSON (%s)" % e) from None
         if type(data) is not dict:
             raise ConfigError(path, "must hold a JSON object")
         values = {}

@@ -41,6 +41,7 @@ class LineReader:
         self.mv = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.long_crlf = False
 
     def pending(self):
         return self.end > self.start
@@ -49,16 +50,21 @@ class LineReader:
         """The next line with its LF as a memoryview valid until the next call,
         _LONG when it exceeds limit (the rest of it is skipped), None at end of input."""
         long = False
+        last = 0
         while True:
             i = self.buf.find(b"\n", self.start, self.end)
             if i >= 0:
                 line = self.mv[self.start : i + 1]
-                self.start = i + 1
                 if long or len(line) > limit:
+                    # Whether the skipped line ended in CRLF decides what may follow it.
+                    self.long_crlf = (self.buf[i - 1] if i > self.start else last) == 0x0D
+                    self.start = i + 1
                     return _LONG
+                self.start = i + 1
                 return line
             if self.end - self.start > limit:
                 long = True
+                last = self.buf[self.end - 1]
                 self.start = self.end = 0
             elif self.start and self.end == _BUF_SIZE:
                 n = self.end - self.start
@@ -313,7 +319,7 @@ class Session:
             if line is _LONG:
                 if result is replies.OK:
                     result = replies.DATA_LINE_TOO_LONG
-                after_crlf = False
+                after_crlf = self.reader.long_crlf
                 continue
             n = len(line) - 1
             crlf = n > 0 and line[n - 1] == 0x0D

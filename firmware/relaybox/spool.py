@@ -127,20 +127,35 @@ class Spool:
         for d in ("", "/tmp", "/" + QUEUE, "/" + DEAD):
             if not _exists(self.root + d):
                 os.mkdir(self.root + d)
-        for name in os.listdir(self.root + "/tmp"):
-            _remove(self._path("tmp", name))
-        counts = []
-        for area in (QUEUE, DEAD):
-            names = os.listdir(self.root + "/" + area)
-            present = set(names)
-            n = 0
-            for name in names:
-                if name.endswith(".tmp") or (name.endswith(".s") and name[:-2] not in present):
-                    _remove(self._path(area, name))
-                elif not name.endswith(".s"):
-                    n += 1
-            counts.append(n)
-        return counts[0], counts[1]
+        self._sweep("tmp", lambda area, name: True)
+        self._sweep(QUEUE, self._orphan)
+        self._sweep(DEAD, self._orphan)
+        return self.count(QUEUE), self.count(DEAD)
+
+    def _orphan(self, area, name):
+        """Leftovers of a power cut: a state file without its message, or a temporary."""
+        return name.endswith(".tmp") or (
+            name.endswith(".s") and not _exists(self._path(area, name[:-2]))
+        )
+
+    def _sweep(self, area, doomed):
+        # Remove after listing, a few at a time: deleting while a directory is being
+        # read may skip entries on some filesystems, and a long list costs RAM.
+        while True:
+            batch = []
+            for name in self._names(area):
+                if doomed(area, name):
+                    batch.append(name)
+                    if len(batch) == 16:
+                        break
+            for name in batch:
+                _remove(self._path(area, name))
+            if len(batch) < 16:
+                return
+
+    def _names(self, area):
+        for entry in os.ilistdir(self.root + "/" + area):
+            yield entry[0]
 
     def _new_id(self):
         # Time first so that names sort by arrival; random bits because a board's
@@ -163,11 +178,26 @@ class Spool:
         st = os.statvfs(self.root)
         return st[0] * st[4]
 
-    def ids(self, area=QUEUE):
-        """Message ids in an area, oldest first."""
-        out = [n for n in os.listdir(self.root + "/" + area) if "." not in n]
-        out.sort()
+    def ids(self, area=QUEUE, limit=50):
+        """The oldest message ids in an area (at most limit), oldest first."""
+        out = []
+        for name in self._names(area):
+            if "." in name:
+                continue
+            if len(out) < limit:
+                out.append(name)
+                out.sort()
+            elif name < out[-1]:
+                out[-1] = name
+                out.sort()
         return out
+
+    def count(self, area=QUEUE):
+        n = 0
+        for name in self._names(area):
+            if "." not in name:
+                n += 1
+        return n
 
     def envelope(self, id, area=QUEUE):
         path = self._path(area, id)

@@ -1,0 +1,329 @@
+"""The LAN SMTP server, driven over loopback while the firmware runs under MicroPython."""
+
+import smtplib
+import threading
+
+import pytest
+from relayproc import R
+
+
+def ehlo(c):
+    greeting = c.reply()
+    assert greeting.startswith(b"220 relaybox.test ESMTP"), greeting
+    r = c.cmd("EHLO dev.lan")
+    assert r.startswith(b"250-relaybox.test"), r
+    return r
+
+
+def test_ehlo_advertises_extensions(relay):
+    c = relay.connect()
+    r = ehlo(c)
+    lines = r.decode().split("\r\n")
+    assert "250-SIZE 10485760" in lines, r
+    assert "250-PIPELINING" in lines, r
+    assert "250-8BITMIME" in lines, r
+    assert "250-ENHANCEDSTATUSCODES" in lines, r
+    assert c.cmd("QUIT") == R["CLOSING"]
+    assert c.closed()
+
+
+def test_message_is_spooled_with_added_headers(relay):
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        refused = s.sendmail(
+            "printer@lan", ["alice@example.net"], b"Subject: toner low\r\n\r\nhi\r\n"
+        )
+    assert refused == {}
+    (id,) = relay.queued()
+    env, body = relay.message(id)
+    assert env[0] == "RBX1"
+    assert "F printer@lan" in env and "T alice@example.net" in env and "P 127.0.0.1" in env
+    head, _, text = body.partition(b"\r\n\r\n")
+    fields = head.split(b"\r\n")
+    assert fields[0].startswith(b"Received: from dev") or fields[0].startswith(b"Received: from ")
+    assert b"by relaybox.test (relaybox) with ESMTP id " + id.encode() in head
+    assert sum(1 for f in fields if f.startswith(b"Date: ")) == 1, head
+    assert b"Message-ID: <%s@relaybox.test>" % id.encode() in fields, head
+    assert text == b"hi\r\n"
+    relay.wait_log(r"id=%s from=<printer@lan> rcpt=1 size=\d+ peer=127.0.0.1 result=queued" % id)
+
+
+def test_existing_date_and_message_id_are_kept(relay):
+    msg = (
+        b"Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <abc@cam>\r\n"
+        b"Subject: s\r\n\r\nbody\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("cam@lan", ["a@example.net"], msg)
+    (id,) = relay.queued()
+    _, body = relay.message(id)
+    assert body.count(b"\r\nDate: ") == 1 and b"Date: Tue, 01 Dec 2026 10:00:00 +0000" in body
+    assert body.count(b"Message-ID: ") == 1 and b"Message-ID: <abc@cam>" in body
+
+
+def test_headerless_message_gets_a_header_section(relay):
+    c = relay.connect()
+    ehlo(c)
+    for line in ("MAIL FROM:<>", "RCPT TO:<a@example.net>"):
+        assert c.cmd(line)[:3] == b"250"
+    assert c.cmd("DATA") == R["START_DATA"]
+    assert c.cmd(b"just a body line\r\n.")[:3] == b"250"
+    (id,) = relay.queued()
+    env, body = relay.message(id)
+    assert "F " in env  # the null sender is kept as empty
+    head, sep, text = body.partition(b"\r\n\r\n")
+    assert sep and text == b"just a body line\r\n", body
+    assert b"\r\nDate: " in head and b"\r\nMessage-ID: " in head
+
+
+def test_dot_unstuffing(relay):
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    assert c.cmd("DATA") == R["START_DATA"]
+    assert c.cmd(b"Subject: x\r\n\r\n..leading dot\r\n...\r\n.")[:3] == b"250"
+    (id,) = relay.queued()
+    _, body = relay.message(id)
+    assert body.endswith(b"\r\n\r\n.leading dot\r\n..\r\n"), body
+
+
+@pytest.mark.parametrize(
+    "smuggle",
+    [b"\n.\n", b"\r\n.\n", b"\n.\r\n"],
+    ids=["LF.LF", "CRLF.LF", "LF.CRLF"],
+)
+def test_only_crlf_dot_crlf_ends_data(relay, smuggle):
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    assert c.cmd("DATA") == R["START_DATA"]
+    c.send(b"Subject: x\r\n\r\nfirst" + smuggle + b"MAIL FROM:<evil@lan>\r\nRCPT TO:<x@y.z>\r\n")
+    c.send(b"DATA\r\nsecond\r\n.\r\n")
+    r = c.reply()
+    assert r.startswith(b"250 2.0.0 Queued as"), r
+    assert c.cmd("QUIT") == R["CLOSING"]
+    (id,) = relay.queued()
+    _, body = relay.message(id)
+    # The smuggled commands stayed message text, with line ends normalised to CRLF.
+    assert b"MAIL FROM:<evil@lan>\r\nRCPT TO:<x@y.z>\r\nDATA\r\nsecond\r\n" in body, body
+    assert b"\n" not in body.replace(b"\r\n", b"")
+
+
+def test_pipelined_transaction(relay):
+    c = relay.connect()
+    ehlo(c)
+    c.send(
+        "MAIL FROM:<a@lan>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<bad>\r\n"
+        "RCPT TO:<c@example.net>\r\nDATA\r\n"
+    )
+    assert c.reply() == R["SENDER_OK"]
+    assert c.reply() == R["RCPT_OK"]
+    assert c.reply() == R["BAD_RCPT"]
+    assert c.reply() == R["RCPT_OK"]
+    assert c.reply() == R["START_DATA"]
+    c.send("Subject: p\r\n\r\nx\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n")
+    assert c.reply().startswith(b"250 2.0.0 Queued as ")
+    assert c.reply() == R["OK"]
+    assert c.reply() == R["OK"]
+    assert c.reply() == R["CLOSING"]
+    (id,) = relay.queued()
+    env, _ = relay.message(id)
+    assert [e for e in env if e.startswith("T ")] == ["T b@example.net", "T c@example.net"]
+
+
+@pytest.mark.parametrize(
+    "commands, expected",
+    [
+        (["MAIL FROM:<a@lan>"], "NEED_HELO"),
+        (["EHLO x", "RCPT TO:<b@example.net>"], "NEED_MAIL"),
+        (["EHLO x", "DATA"], "NEED_MAIL"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "DATA"], "NEED_RCPT"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "MAIL FROM:<a@lan>"], "NESTED_MAIL"),
+        (["EHLO x", "MAIL FROM:a@lan"], "BAD_SENDER"),
+        (["EHLO x", "MAIL FROM:<a@>"], "BAD_SENDER"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "RCPT TO:<nobody>"], "BAD_RCPT"),
+        (["EHLO x", "MAIL FROM:<a@lan> SMTPUTF8"], "PARAM_UNKNOWN"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "RCPT TO:<b@c.d> NOTIFY=NEVER"], "PARAM_UNKNOWN"),
+        (["EHLO x", "MAIL FROM:<a@lan> SIZE=10485761"], "SIZE_EXCEEDED"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "RCPT TO:<b@c.d>", "DATA now"], "NO_DATA_ARGS"),
+        (["EHLO"], "ARGS"),
+        (["HELO"], "ARGS"),
+        (["FOO bar"], "SYNTAX"),
+        ([""], "SYNTAX"),
+        (["VRFY"], "ARGS"),
+        (["VRFY alice"], "VRFY"),
+        (["EXPN staff"], "NOT_IMPLEMENTED"),
+        (["HELP"], "HELP"),
+        (["NOOP"], "OK"),
+        (["RSET"], "OK"),
+        (["EHLO x", "MAIL FROM:<a@lan> SIZE=1000 BODY=8BITMIME"], "SENDER_OK"),
+        (["EHLO x", "MAIL FROM:<@relay.lan:a@lan>"], "SENDER_OK"),
+        (["EHLO x", "MAIL FROM:<a@lan>", "RCPT TO:<Postmaster>"], "RCPT_OK"),
+    ],
+)
+def test_reply_codes(relay, commands, expected):
+    c = relay.connect()
+    c.reply()
+    for line in commands[:-1]:
+        assert c.cmd(line)[:1] == b"2", line
+    r = c.cmd(commands[-1])
+    want = R[expected]
+    assert r == (want if isinstance(want, bytes) else want.encode()), (commands, r)
+
+
+def test_too_many_recipients(relay_factory):
+    relay = relay_factory(max_recipients=3)
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    for i in range(3):
+        assert c.cmd(f"RCPT TO:<r{i}@example.net>") == R["RCPT_OK"]
+    assert c.cmd("RCPT TO:<r9@example.net>") == R["TOO_MANY_RCPTS"]
+    assert c.cmd("DATA") == R["START_DATA"]
+    assert c.cmd(b"Subject: x\r\n\r\ny\r\n.")[:3] == b"250"
+    env, _ = relay.message(relay.queued()[0])
+    assert len([e for e in env if e.startswith("T ")]) == 3
+
+
+def test_size_exceeded_while_streaming(relay_factory):
+    relay = relay_factory(max_message_bytes=4096)
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    assert c.cmd("DATA") == R["START_DATA"]
+    c.send(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n")
+    c.send((b"y" * 78 + b"\r\n") * 100)
+    assert c.cmd(b".") == R["SIZE_EXCEEDED"]
+    # The session goes on and the next message fits.
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    c.cmd("DATA")
+    assert c.cmd(b"Subject: small\r\n\r\nok\r\n.")[:3] == b"250"
+    assert len(relay.queued()) == 1
+    assert list((relay.spool / "tmp").iterdir()) == []
+
+
+def test_long_command_line(relay):
+    c = relay.connect()
+    c.reply()
+    assert c.cmd("NOOP " + "x" * 993) == R["OK"]  # 1000 octets with CRLF
+    assert c.cmd("NOOP " + "x" * 994) == R["LINE_TOO_LONG"]
+    assert c.cmd("NOOP " + "x" * 100_000) == R["LINE_TOO_LONG"]
+    assert c.cmd("NOOP") == R["OK"]
+
+
+def test_long_data_line_refuses_message(relay):
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    c.cmd("DATA")
+    c.send(b"Subject: x\r\n\r\n" + b"z" * 998 + b"\r\n")
+    c.send(b"z" * 5000 + b"\r\n")
+    assert c.cmd(b".") == R["DATA_LINE_TOO_LONG"]
+    assert relay.queued() == []
+    assert c.cmd("NOOP") == R["OK"]
+
+
+def test_idle_timeout(relay_factory):
+    relay = relay_factory(idle_timeout=1)
+    c = relay.connect()
+    c.reply()
+    assert c.cmd("EHLO x")[:3] == b"250"
+    assert c.reply() == R["IDLE_TIMEOUT"]
+    assert c.closed()
+    relay.wait_log("idle timeout")
+
+
+def test_idle_timeout_during_data_keeps_nothing(relay_factory):
+    relay = relay_factory(idle_timeout=1)
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    c.cmd("DATA")
+    c.send(b"Subject: half\r\n\r\nhalf a mess")
+    assert c.reply() == R["IDLE_TIMEOUT"]
+    assert relay.queued() == [] and list((relay.spool / "tmp").iterdir()) == []
+
+
+def test_error_budget_closes_session(relay_factory):
+    relay = relay_factory(max_errors=3)
+    c = relay.connect()
+    c.reply()
+    assert c.cmd("BOGUS") == R["SYNTAX"]
+    assert c.cmd("MAIL FROM:<a@lan>") == R["NEED_HELO"]
+    assert c.cmd("BOGUS") == R["TOO_MANY_ERRORS"]
+    assert c.closed()
+
+
+def test_binary_junk_and_early_talker(relay):
+    c = relay.connect()
+    # Talk before the greeting, then send bytes that are not text at all.
+    c.send(b"EHLO early\r\n")
+    assert c.reply().startswith(b"220 ")
+    assert c.reply().startswith(b"250-")
+    junk = bytes(range(256)) * 4
+    c.send(junk + b"\r\n\x00\xff\xfe\r\n")
+    replies = [c.reply(), c.reply()]
+    assert all(r.startswith(b"500 5.5.2") for r in replies), replies
+    c.close()
+    # The relay still serves the next client.
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        assert s.noop()[0] == 250
+
+
+def test_huge_line_without_newline_does_not_exhaust_memory(relay_factory):
+    relay = relay_factory(heap="96K")
+    c = relay.connect()
+    c.reply()
+    chunk = b"A" * 65536
+    for _ in range(64):  # 4 MiB without a line end
+        c.send(chunk)
+    assert c.cmd(b"") == R["LINE_TOO_LONG"]
+    assert c.cmd("NOOP") == R["OK"]
+
+
+def test_concurrent_clients(relay_factory):
+    relay = relay_factory(max_clients=4)
+    errors = []
+
+    def client(n):
+        try:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as s:
+                for i in range(5):
+                    s.sendmail(f"dev{n}@lan", ["a@example.net"], f"Subject: {n}-{i}\r\n\r\nx\r\n")
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(relay.queued()) == 20
+
+
+def test_too_many_clients_get_421(relay_factory):
+    relay = relay_factory(max_clients=2)
+    held = [relay.connect(), relay.connect()]
+    for c in held:
+        assert c.reply().startswith(b"220 ")
+    extra = relay.connect()
+    assert extra.reply() == R["TOO_BUSY"]
+    assert extra.closed()
+    held[0].cmd("QUIT")
+    held[0].close()
+    relay.wait_log("peer=127.0.0.1 refused: 2 clients already")
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        assert s.noop()[0] == 250
+
+
+def test_client_outside_allow_list_is_refused(relay_factory):
+    relay = relay_factory(allow=["10.0.0.0/8"])
+    c = relay.connect()
+    assert c.reply() == R["ACCESS_DENIED"].format("127.0.0.1").encode()
+    assert c.closed()
