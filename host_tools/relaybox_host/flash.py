@@ -1,0 +1,319 @@
+"""`relaybox flash`: put the image (and stock MicroPython) on a board over USB.
+
+ESP32 boards are written with esptool at the offsets in board.json. RP2040 boards take a
+UF2 file on the drive their boot ROM shows in BOOTSEL mode; this copies it there or says
+how to get there.
+"""
+
+import glob
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from . import ROOT, boards, uf2
+from .errors import ToolError
+from .image import build
+from .progress import Progress
+
+#: The ESP32 app image header starts with this byte; a stock .bin has it at its start.
+_ESP_IMAGE_MAGIC = 0xE9
+#: What the RP2040 boot ROM writes into INFO_UF2.TXT on its drive.
+_RP2_BOARD_ID = "RPI-RP2"
+_DRIVE_WAIT_S = 15
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "flash",
+        help="write the image (and stock MicroPython) to a board over USB",
+        description="ESP32: write with esptool. RP2040: copy a UF2 to the BOOTSEL drive.",
+    )
+    p.add_argument(
+        "--board", required=True, help="board name: " + ", ".join(boards.flashable_boards())
+    )
+    p.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0 or COM3")
+    p.add_argument("--firmware", type=Path, help="stock MicroPython firmware (.bin or .uf2)")
+    p.add_argument("--image", type=Path, help="image from `relaybox image` (default: build one)")
+    p.add_argument("--config", type=Path, help="initial config.json for the image built here")
+    p.add_argument("--flash-size", help="flash size, e.g. 4M (ESP32: checked against the chip)")
+    p.add_argument("--baud", type=int, default=None, help="esptool baud rate (default 460800)")
+    p.add_argument("--drive", type=Path, help="RP2040: the mounted RPI-RP2 drive")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be written, touch nothing"
+    )
+    p.set_defaults(func=cmd_flash)
+
+
+def cmd_flash(args):
+    info = boards.load(args.board)
+    boards.geometry(info, args.flash_size)  # an unknown size fails before any USB traffic
+    if args.image and args.config:
+        raise ToolError("--config only applies to an image built here; leave out --image")
+    if info["port"] == "esp32":
+        return flash_esp32(info, args)
+    if info["port"] == "rp2":
+        return flash_rp2(info, args)
+    raise ToolError(f"board {args.board} is not flashed over USB; see boards/{args.board}/")
+
+
+def _download_hint(info, kind):
+    stock = info["stock"]
+    return f"download the {kind} for {stock['build']} from {stock['url']}"
+
+
+# ESP32 --------------------------------------------------------------------------------------
+
+
+def check_esp_firmware(info, path):
+    """Refuse files that are not an ESP32 firmware .bin before erasing anything."""
+    fix = _download_hint(info, ".bin")
+    try:
+        head = Path(path).read_bytes()[:1]
+    except OSError as e:
+        raise ToolError(f"cannot read {path}: {e.strerror}; {fix}") from None
+    if Path(path).suffix.lower() != ".bin" or head != bytes([_ESP_IMAGE_MAGIC]):
+        raise ToolError(f"{path} is not an ESP32 firmware image; {fix}")
+
+
+def esptool_args(info, port, baud, writes):
+    """The esptool command line equivalent to what flash does (shown by --dry-run)."""
+    args = ["--chip", info["esptool"]["chip"], "--port", port, "--baud", str(baud)]
+    args.append("write-flash")
+    for offset, path in writes:
+        args += [f"{offset:#x}", str(path)]
+    return args
+
+
+def esp32_writes(info, geometry, image, firmware=None):
+    """[(offset, file)] in flash order: the stock firmware first, then the filesystem."""
+    writes = []
+    if firmware:
+        writes.append((int(info["firmware_offset"], 0), Path(firmware)))
+    writes.append((geometry.offset, Path(image)))
+    return writes
+
+
+def check_image(image, geometry):
+    size = Path(image).stat().st_size
+    if size != geometry.size:
+        raise ToolError(
+            f"{image} is {size} bytes but the {geometry.flash_size} filesystem is "
+            f"{geometry.size}; rebuild it with `relaybox image --flash-size {geometry.flash_size}`"
+        )
+
+
+def _no_board(info, port, reason):
+    hint = info.get("bootloader_hint", "")
+    return ToolError(
+        f"cannot talk to the {info['name']} on {port} ({reason}). Check the USB cable and the "
+        f"port (serial ports here: {', '.join(serial_ports()) or 'none'})"
+        + (f"; {hint}" if hint else "")
+    )
+
+
+def serial_ports():
+    from serial.tools import list_ports
+
+    return sorted(p.device for p in list_ports.comports())
+
+
+def flash_esp32(info, args):
+    if not args.port:
+        raise ToolError(
+            "give the board's serial port with --port; found: "
+            + (", ".join(serial_ports()) or "none")
+        )
+    if args.firmware:
+        check_esp_firmware(info, args.firmware)
+    baud = args.baud or info["esptool"]["baud"]
+    if args.dry_run:
+        geometry = boards.geometry(info, args.flash_size)
+        image = args.image or Path(f"<image for {geometry.flash_size}>")
+        print(
+            "esptool "
+            + " ".join(
+                esptool_args(
+                    info, args.port, baud, esp32_writes(info, geometry, image, args.firmware)
+                )
+            )
+        )
+        return 0
+    # Imported here: esptool is slow to import and only this path needs it.
+    import esptool
+    import serial
+    from esptool.util import FatalError
+
+    try:
+        esp = esptool.detect_chip(args.port)
+    except (FatalError, serial.SerialException, OSError) as e:
+        raise _no_board(
+            info, args.port, str(e).splitlines()[0] if str(e) else type(e).__name__
+        ) from None
+    try:
+        if esp.CHIP_NAME.lower().replace("-", "") != info["esptool"]["chip"]:
+            raise ToolError(
+                f"the board on {args.port} is an {esp.CHIP_NAME}, not the {info['chip']} of "
+                f"{info['name']}; pick the right --board"
+            )
+        esp = esptool.run_stub(esp)
+        if baud != esp.ESP_ROM_BAUD:
+            esp.change_baud(baud)
+        esptool.attach_flash(esp)
+        detected = esptool.cmds.detect_flash_size(esp)
+        flash_size = boards.normalize_size(detected) if detected else None
+        if args.flash_size and flash_size and boards.normalize_size(args.flash_size) != flash_size:
+            raise ToolError(
+                f"the board has {detected} of flash, not {args.flash_size}; rerun with "
+                f"--flash-size {flash_size} (a wrong size leaves a filesystem it cannot mount)"
+            )
+        geometry = boards.geometry(info, flash_size or args.flash_size)
+        with tempfile.TemporaryDirectory(prefix="relaybox-flash-") as tmp:
+            image = args.image
+            if image:
+                check_image(image, geometry)
+            else:
+                image = build(
+                    info["name"], Path(tmp) / "fs.bin", geometry.flash_size, args.config
+                ).path
+            writes = esp32_writes(info, geometry, image, args.firmware)
+            esptool.write_flash(esp, [(off, str(path)) for off, path in writes])
+        esptool.reset_chip(esp, "hard-reset")
+    except FatalError as e:
+        raise ToolError(f"esptool: {e}; press RST on the board and try again") from None
+    finally:
+        esp._port.close()
+    print(
+        f"{info['name']} flashed; it restarts now. "
+        f"Watch it with: mpremote connect {args.port} repl"
+    )
+    return 0
+
+
+# RP2040 -------------------------------------------------------------------------------------
+
+
+def find_rp2_drives(roots=None):
+    """Mounted drives whose INFO_UF2.TXT names the RP2040 boot ROM."""
+    user = os.environ.get("USER", "*")
+    patterns = roots or [f"/media/{user}/*", "/media/*", f"/run/media/{user}/*", "/Volumes/*"]
+    if os.name == "nt":
+        patterns = [f"{c}:\\" for c in "DEFGHIJKLMNOPQRSTUVWXYZ"]
+    found = []
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            info = Path(path) / "INFO_UF2.TXT"
+            try:
+                if _RP2_BOARD_ID in info.read_text(errors="replace"):
+                    found.append(Path(path))
+            except OSError:
+                continue
+    return sorted(set(found))
+
+
+def rp2_uf2(info, args, workdir):
+    """The UF2 to copy: the image's, merged with stock MicroPython when --firmware is given."""
+    family_id, flash_base = boards.uf2_settings(info)
+    geometry = boards.geometry(info, args.flash_size)
+    if args.image:
+        check_image(args.image, geometry)
+        data = uf2.encode(Path(args.image).read_bytes(), flash_base + geometry.offset, family_id)
+    else:
+        data = build(
+            info["name"], workdir / "fs.bin", geometry.flash_size, args.config
+        ).uf2_path.read_bytes()
+    if args.firmware:
+        if Path(args.firmware).suffix.lower() != ".uf2":
+            raise ToolError(f"{args.firmware} is not a .uf2; " + _download_hint(info, "UF2"))
+        try:
+            data = uf2.merge(Path(args.firmware).read_bytes(), data, family_id)
+        except (OSError, ValueError) as e:
+            raise ToolError(
+                f"cannot use {args.firmware} ({e}); " + _download_hint(info, "UF2")
+            ) from None
+    out = workdir / f"relaybox-{info['name']}.uf2"
+    out.write_bytes(data)
+    return out
+
+
+def enter_bootsel(port):
+    """Ask MicroPython on `port` to reboot into the boot ROM's USB drive mode."""
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    try:
+        t = SerialTransport(port, timeout=1)
+        t.enter_raw_repl(soft_reset=False)
+        t.exec_raw_no_follow("import machine\nmachine.bootloader()")
+        t.close()
+    except (TransportError, OSError) as e:
+        raise ToolError(
+            f"cannot reach MicroPython on {port} ({e}); hold BOOTSEL while plugging in the USB "
+            "cable instead, then run this again"
+        ) from None
+
+
+def wait_for_drive(seconds=_DRIVE_WAIT_S):
+    with Progress("waiting for RPI-RP2", seconds, unit="s") as bar:
+        for n in range(seconds):
+            drives = find_rp2_drives()
+            if drives:
+                return drives
+            time.sleep(1)
+            bar.update(n + 1)
+    return []
+
+
+def copy_with_progress(src, dest):
+    total = src.stat().st_size
+    with (
+        open(src, "rb") as fin,
+        open(dest, "wb") as fout,
+        Progress(f"copy to {dest.parent}", total) as bar,
+    ):
+        while chunk := fin.read(64 * 1024):
+            fout.write(chunk)
+            bar.advance(len(chunk))
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def flash_rp2(info, args):
+    keep = ROOT / "build" / f"flash-{info['name']}"
+    keep.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        geometry = boards.geometry(info, args.flash_size)
+        family_id, base = boards.uf2_settings(info)
+        print(
+            f"UF2 family {family_id:#x}: filesystem {geometry.block_count} x "
+            f"{geometry.block_size} bytes at {base + geometry.offset:#x}"
+            + (f", plus {args.firmware}" if args.firmware else "")
+        )
+        return 0
+    with tempfile.TemporaryDirectory(prefix="relaybox-flash-") as tmp:
+        made = rp2_uf2(info, args, Path(tmp))
+        out = keep / made.name
+        shutil.copyfile(made, out)
+    drives = [args.drive] if args.drive else find_rp2_drives()
+    if not drives and args.port:
+        enter_bootsel(args.port)
+        drives = wait_for_drive()
+    if not drives:
+        raise ToolError(
+            f"no RPI-RP2 drive found. Hold the BOOTSEL button while plugging in the USB cable; "
+            f"a drive named RPI-RP2 appears. Copy {out} onto it (the board restarts by itself), "
+            "or run this again with --drive PATH-OF-THE-DRIVE"
+        )
+    if len(drives) > 1:
+        raise ToolError(
+            f"several RPI-RP2 drives: {', '.join(map(str, drives))}; pick one with --drive"
+        )
+    drive = Path(drives[0])
+    if not (drive / "INFO_UF2.TXT").is_file():
+        raise ToolError(
+            f"{drive} is not an RPI-RP2 drive (no INFO_UF2.TXT); hold BOOTSEL while plugging in"
+        )
+    copy_with_progress(out, drive / out.name)
+    print(f"{info['name']} flashed; it restarts by itself. Its files are in {out}")
+    return 0
