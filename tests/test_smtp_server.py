@@ -276,7 +276,7 @@ def test_binary_junk_and_early_talker(relay):
 
 
 def test_huge_line_without_newline_does_not_exhaust_memory(relay_factory):
-    relay = relay_factory(heap="96K")
+    relay = relay_factory(heap="128K")
     c = relay.connect()
     c.reply()
     chunk = b"A" * 65536

@@ -1,13 +1,18 @@
 # Wiring: read the config, recover the spool, start the LAN server and the other tasks.
 import asyncio
+import gc
+import os
 import sys
 import time
 
-from . import VERSION, log
+from . import VERSION, clock, log
 from .config import Config, ConfigError
 from .policy import Policy
 from .smtp_server import Server
-from .spool import Spool
+from .spool import DEAD, QUEUE, Spool
+
+_CA_FILE = "upstream-ca.pem"
+_REBOOT_EXIT = 3  # `relaybox run` starts the firmware again on this exit code
 
 
 class Relay:
@@ -20,6 +25,7 @@ class Relay:
         self.spool = Spool(cfg.path_of("spool"))
         self.server = Server(cfg, self.spool, Policy(cfg.get("allow")), self._queued)
         self.delivery = None
+        self._delivery_task = None
         self.network = None
         self.restart_needed = False
 
@@ -27,7 +33,7 @@ class Relay:
         if self.delivery:
             self.delivery.wake()
 
-    async def run(self):
+    async def run(self, console=True):
         queued, dead = self.spool.recover()
         log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
         if self.board and hasattr(self.board, "Network"):
@@ -35,16 +41,237 @@ class Relay:
             asyncio.create_task(self.network.run())
         await self.server.start()
         asyncio.create_task(self.server.watchdog())
-        if self.cfg.upstream() is None:
-            log.warn("relay", "no upstream configured: mail is accepted and held in the spool")
-        else:
-            from .delivery import Delivery
+        self.start_delivery()
+        if console:
+            from . import console as _console
 
-            self.delivery = Delivery(self)
-            asyncio.create_task(self.delivery.run())
+            _console.start(self, getattr(self.board, "CONSOLE_ECHO", False))
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
+
+    def start_delivery(self):
+        """(Re)start delivery with the current upstream settings."""
+        if self._delivery_task:
+            self._delivery_task.cancel()
+            self._delivery_task = self.delivery = None
+        if self.cfg.upstream() is None:
+            missing = self.cfg.missing()
+            if missing:
+                log.warn("relay", "upstream incomplete (%s): mail is held" % ", ".join(missing))
+            else:
+                log.warn("relay", "no upstream configured: mail is accepted and held in the spool")
+            return
+        from .delivery import Delivery
+
+        self.delivery = Delivery(self)
+        self._delivery_task = asyncio.create_task(self.delivery.run())
+
+    # -- what the console asks --
+
+    def hello(self):
+        return {"name": "relaybox", "version": VERSION, "board": self._board_name()}
+
+    def _board_name(self):
+        return getattr(self.board, "NAME", "unknown")
+
+    def status(self):
+        now = time.time()
+        up = self.cfg.upstream()
+        if up is None:
+            missing = self.cfg.missing()
+            upstream = {
+                "configured": False,
+                "state": "incomplete: needs " + ", ".join(missing)
+                if missing
+                else "not configured",
+            }
+        else:
+            upstream = {"configured": True, "host": up["host"], "port": up["port"]}
+            d = self.delivery.status() if self.delivery else {}
+            upstream["state"] = d.get("state", "starting")
+            upstream["authenticated"] = d.get("authenticated")
+            upstream["reachable"] = d.get("reachable")
+            upstream["last_error"] = d.get("last_error")
+            upstream["last_result"] = d.get("last_result")
+            upstream["next_attempt"] = d.get("next_attempt")
+            upstream["delivered"] = d.get("delivered")
+        oldest = self.spool.ids(QUEUE, 1)
+        oldest_age = None
+        if oldest:
+            try:
+                oldest_age = max(0, int(now) - self.spool.envelope(oldest[0]).arrived)
+            except (OSError, ValueError):
+                pass
+        gc.collect()
+        return {
+            "version": VERSION,
+            "board": self._board_name(),
+            "uptime": int(now - self.started),
+            "network": self.network.state() if self.network else {"up": None},
+            "clock": {"set": clock.clock_ok(), "now": clock.rfc5322_date()},
+            "upstream": upstream,
+            "queue": {"count": self.spool.count(QUEUE), "oldest_age": oldest_age},
+            "dead": self.spool.count(DEAD),
+            "flash_free": self.spool.free_bytes(),
+            "heap_free": gc.mem_free(),
+            "restart_needed": self.restart_needed,
+        }
+
+    def set_config(self, key, value):
+        restart = self.cfg.set(key, value)
+        self._changed(key, restart)
+        return restart
+
+    def unset_config(self, key):
+        restart = self.cfg.unset(key)
+        self._changed(key, restart)
+        return restart
+
+    def _changed(self, key, restart):
+        if restart:
+            self.restart_needed = True
+        elif key.startswith("upstream.") or key == "admin":
+            self.start_delivery()
+        elif key == "log.level":
+            log.setup(self.cfg.get("log.level"), self.cfg.get("log.ring"))
+
+    def save_config(self):
+        self.cfg.save()
+        log.info("console", "config saved to %s" % self.cfg.path)
+        return self.cfg.path
+
+    def import_config(self, data, mask):
+        """Replace the whole config; secrets given as the mask keep their value."""
+        fresh = Config.from_json(data, self.cfg.path)
+        from .config import SECRETS
+
+        for key in SECRETS:
+            if fresh.values.get(key) == mask:
+                if key in self.cfg.values:
+                    fresh.values[key] = self.cfg.values[key]
+                else:
+                    del fresh.values[key]
+        fresh.validate()
+        fresh.save()
+        self.cfg.values = fresh.values
+        self.restart_needed = True
+        log.info("console", "config imported and saved to %s" % self.cfg.path)
+        return {"path": self.cfg.path, "restart": True}
+
+    def put_ca(self, pem):
+        """Install the CA the upstream certificate must chain to (from `relaybox trust`)."""
+        from .tlsconn import TLSError, client_context
+
+        path = self.cfg.folder + "/" + _CA_FILE
+        with open(path + ".tmp", "w") as f:
+            f.write(pem)
+        try:
+            client_context(path + ".tmp")  # mbedTLS itself must accept it
+        except TLSError as e:
+            os.remove(path + ".tmp")
+            from .console import CommandError
+
+            raise CommandError("not a usable CA certificate: %s" % e) from None
+        os.rename(path + ".tmp", path)
+        self.set_config("upstream.ca", _CA_FILE)
+        log.info("console", "upstream CA written to %s" % path)
+        return _CA_FILE
+
+    def _where(self, id):
+        for area in (QUEUE, DEAD):
+            try:
+                os.stat("%s/%s/%s" % (self.spool.root, area, id))
+                return area
+            except OSError:
+                pass
+        from .console import CommandError
+
+        raise CommandError("no message %s" % id)
+
+    def queue(self):
+        now = time.time()
+        out = {}
+        for area, name in ((QUEUE, "queue"), (DEAD, "dead")):
+            items = []
+            for id in self.spool.ids(area, 50):
+                try:
+                    env = self.spool.envelope(id, area)
+                except (OSError, ValueError):
+                    continue
+                st = self.spool.state(id, area)
+                nxt = st.get("next")
+                items.append(
+                    {
+                        "id": id,
+                        "from": env.sender,
+                        "rcpt": env.rcpts,
+                        "size": env.size,
+                        "age": max(0, int(now) - env.arrived),
+                        "attempts": st.get("attempts", 0),
+                        "next": max(0, int(nxt - now)) if nxt else 0,
+                        "error": st.get("error") or st.get("reason"),
+                    }
+                )
+            out[name] = items
+        return out
+
+    def retry(self, id):
+        area = self._where(id)
+        if area == DEAD:
+            self.spool.revive(id)
+        else:
+            st = self.spool.state(id)
+            st["next"] = 0
+            self.spool.set_state(id, st)
+        if self.delivery:
+            if hasattr(self.delivery, "retry_now"):
+                self.delivery.retry_now()
+            else:
+                self.delivery.wake()
+        log.info("console", "id=%s retry requested" % id)
+        return {"id": id, "was": "queue" if area == QUEUE else "dead"}
+
+    def drop(self, id):
+        area = self._where(id)
+        self.spool.remove(id, area)
+        log.info("console", "id=%s dropped by the owner" % id)
+        return {"id": id, "was": "queue" if area == QUEUE else "dead"}
+
+    def send_test(self, address):
+        from .config import check_value
+
+        check_value("admin", address)  # the same mailbox check as the admin address
+        host = self.cfg.get("hostname")
+        up = self.cfg.upstream()
+        sender = up["sender"] if up else "relaybox@" + host
+        w = self.spool.writer(sender, [address], "console", host)
+        try:
+            text = (
+                "From: relaybox <%s>\r\nTo: <%s>\r\nSubject: relaybox test message\r\n"
+                "Date: %s\r\nMessage-ID: <%s@%s>\r\n\r\n"
+                "This message was sent from the console of relaybox %s (%s).\r\n"
+                "If you read it, mail from your devices reaches you.\r\n"
+                % (sender, address, clock.rfc5322_date(), w.id, host, host, VERSION)
+            )
+            w.write(text.encode())
+            id = w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        log.info("console", "id=%s test message to <%s> queued" % (id, address))
+        self._queued(id)
+        return id
+
+    def reboot(self):
+        async def later():
+            await asyncio.sleep_ms(300)  # let the answer reach the host first
+            log.info("relay", "rebooting")
+            if self.board and hasattr(self.board, "reboot"):
+                self.board.reboot()
+            raise SystemExit(_REBOOT_EXIT)
+
+        asyncio.create_task(later())
 
 
 def _config_path(board):

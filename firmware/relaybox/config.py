@@ -206,11 +206,11 @@ for _k in SCHEMA:
 class Config:
     """Validated settings; `values` holds only what the file sets, `get` adds defaults."""
 
-    def __init__(self, values, path=None):
+    def __init__(self, values, path=None, complete=True):
         self.path = path
         self.values = values
         self.folder = _dirname(path) if path else "."
-        self.validate()
+        self.validate(complete)
 
     @classmethod
     def load(cls, path):
@@ -221,6 +221,10 @@ class Config:
             raise ConfigError(path, "cannot read the config file") from None
         except ValueError as e:
             raise ConfigError(path, "not valid JSON (%s)" % e) from None
+        return cls.from_json(data, path)
+
+    @classmethod
+    def from_json(cls, data, path):
         if type(data) is not dict:
             raise ConfigError(path, "must hold a JSON object")
         values = {}
@@ -229,9 +233,12 @@ class Config:
         values = {k: v for k, v in values.items() if v is not None}
         return cls(values, path)
 
-    def validate(self):
+    def validate(self, complete=True):
+        """Check every value; complete=False lets a section be half set while editing."""
         for key in sorted(self.values):
             check_value(key, self.values[key])
+        if not complete:
+            return
         for key, spec in SCHEMA.items():
             if spec[1] is REQUIRED and key not in self.values:
                 section = key.rpartition(".")[0]
@@ -250,6 +257,15 @@ class Config:
                 return True
         return False
 
+    def missing(self):
+        """Required keys not yet set in a section that is partly set."""
+        out = []
+        for key, spec in SCHEMA.items():
+            if spec[1] is REQUIRED and key not in self.values:
+                if self.has(key.rpartition(".")[0]):
+                    out.append(key)
+        return out
+
     def get(self, key):
         if key in self.values:
             return self.values[key]
@@ -265,7 +281,7 @@ class Config:
 
     def upstream(self):
         """The upstream settings with defaults filled in, or None when not configured."""
-        if not self.has("upstream"):
+        if not self.has("upstream") or self.missing():
             return None
         u = {}
         for key in SCHEMA:
@@ -286,7 +302,7 @@ class Config:
         check_value(key, value)
         trial = dict(self.values)
         trial[key] = value
-        Config(trial, self.path)
+        Config(trial, self.path, complete=False)
         self.values = trial
         return SCHEMA[key][3]
 
@@ -294,7 +310,7 @@ class Config:
         if key not in SCHEMA:
             raise ConfigError(key, "unknown key")
         trial = {k: v for k, v in self.values.items() if k != key}
-        Config(trial, self.path)
+        Config(trial, self.path, complete=False)
         self.values = trial
         return SCHEMA[key][3]
 
@@ -311,6 +327,7 @@ class Config:
 
     def save(self):
         """Write the file atomically: a power cut leaves the old or the new file whole."""
+        self.validate()
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.as_json(), f)

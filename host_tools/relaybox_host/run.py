@@ -13,6 +13,8 @@ from . import ROOT
 from .build import compile_firmware
 from .errors import ToolError
 
+REBOOT_EXIT = 3  # the firmware's `reboot` command on the unix board
+
 DEFAULT_CONFIG = {
     "hostname": "relaybox.localhost",
     "listen": {"host": "127.0.0.1", "port": 2525},
@@ -60,6 +62,15 @@ def environment(build_dir):
     return env
 
 
+def _wait(child):
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to the child too; wait for it to finish.
+            continue
+
+
 def add_parser(sub):
     p = sub.add_parser("run", help="run the relay on this host (unix board)")
     p.add_argument("--config", type=Path, help="config file (default: run/config.json)")
@@ -77,20 +88,19 @@ def cmd_run(args):
     build_dir = tempfile.mkdtemp(prefix="relaybox-unix-")
     try:
         compile_firmware("unix", build_dir, source=args.source)
-        child = subprocess.Popen(
-            command(build_dir, Path(config).resolve(), args.heap), env=environment(build_dir)
-        )
+        cmd = command(build_dir, Path(config).resolve(), args.heap)
+        children = []
 
         # SIGTERM becomes SIGINT for the firmware, which it handles as a clean stop.
         def forward(signum, frame):
-            child.send_signal(signal.SIGINT)
+            children[-1].send_signal(signal.SIGINT)
 
         signal.signal(signal.SIGTERM, forward)
         while True:
-            try:
-                return child.wait()
-            except KeyboardInterrupt:
-                # The terminal sent SIGINT to the child too; wait for it to finish.
-                continue
+            children.append(subprocess.Popen(cmd, env=environment(build_dir)))
+            code = _wait(children[-1])
+            if code != REBOOT_EXIT:
+                return code
+            print("relaybox: the firmware asked for a reboot; starting it again", flush=True)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
