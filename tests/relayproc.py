@@ -63,14 +63,14 @@ class Relay:
         self.lines = []
         self._cond = threading.Condition()
 
-    def start(self, wait_for="listening on", timeout=20):
+    def start(self, wait_for="listening on", timeout=20, stdin=subprocess.DEVNULL):
         cmd = command(self.build_dir, self.config_path, self.heap)
         if self.script:
             cmd[3] = str(self.script)
         self.proc = subprocess.Popen(
             cmd,
             env=environment(self.build_dir),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=self.folder,
@@ -111,6 +111,11 @@ class Relay:
 
     def _more(self):
         return not self.proc.stdout.closed and self.proc.returncode is None
+
+    def type(self, text):
+        """Send console input (a person typing, or the host tool's requests)."""
+        self.proc.stdin.write(text.encode() if isinstance(text, str) else text)
+        self.proc.stdin.flush()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

@@ -1,0 +1,126 @@
+"""The firmware's console as a person uses it, over the process's stdin and stdout."""
+
+import json
+import subprocess
+
+import pytest
+
+SECRET = "Tr0ub4dor&3-secret"
+
+
+@pytest.fixture
+def relay(relay_factory, tmp_path):
+    r = relay_factory(
+        start=False,
+        upstream={
+            "host": "127.0.0.1",
+            "port": 9,
+            "tls": "starttls",
+            "user": "alice@example.net",
+            "password": SECRET,
+            "ca": "ca.pem",
+        },
+    )
+    r.start(stdin=subprocess.PIPE)
+    return r
+
+
+def test_help_and_status(relay):
+    relay.type("help\n")
+    relay.wait_log(r"^  test ADDRESS +send a test message")
+    relay.type("status\n")
+    relay.wait_log(r"^relaybox \d+\.\d+\.\d+ on unix, up \d+s$")
+    relay.wait_log(r"^upstream  \S+ 127\.0\.0\.1:9")
+    relay.wait_log(r"^queue     0 message\(s\), oldest -; 0 dead letter\(s\)$")
+    relay.wait_log(r"^memory    flash free \d+[BKM], heap free \d+[BKM]$")
+
+
+def test_secret_is_masked_everywhere(relay):
+    relay.type("show\n")
+    relay.wait_log(r"^upstream.password +\*{8}$")
+    relay.type("get upstream.password\n")
+    relay.wait_log(r"^upstream.password = \*{8}$")
+    relay.type("set upstream.password\n")
+    relay.type("n3w-" + SECRET + "\n")
+    # The prompt has no line end of its own: it starts the next line of output.
+    relay.wait_log(r"^value for upstream.password \(not shown\): ")
+    relay.wait_log(r"console: set upstream.password = \*{8}")
+    relay.type('@{"id": 1, "cmd": "export"}\n')
+    answer = relay.wait_log(r'^@\{.*"id": 1.*').group(0)
+    exported = json.loads(answer[1:])["result"]["config"]
+    assert exported["upstream"]["password"] == "********"
+    relay.type("logs 100\nsave\n")
+    relay.wait_log(r"^saved to ")
+    assert SECRET not in relay.log()
+    saved = json.loads(relay.config_path.read_text())
+    assert saved["upstream"]["password"] == "n3w-" + SECRET  # the file keeps the real one
+
+
+def test_invalid_values_are_refused(relay):
+    relay.type("set listen.port 70000\n")
+    relay.wait_log(r"^error: listen.port: must be from 1 to 65535$")
+    relay.type("set allow 0.0.0.0/0\n")
+    relay.wait_log(r"^error: allow: 0.0.0.0/0 is not a private or loopback range")
+    relay.type("set no.such.key 1\n")
+    relay.wait_log(r"^error: no.such.key: unknown key$")
+    relay.type("unset upstream.user\nsave\n")
+    relay.wait_log(r"^error: upstream.user: is required when upstream is set$")
+    relay.type("frobnicate\n")
+    relay.wait_log(r"^error: unknown command 'frobnicate'")
+
+
+def test_set_save_and_restart_notice(relay):
+    relay.type("set max_recipients 7\n")
+    relay.wait_log(r"^ok \(needs save \+ reboot\)$")
+    relay.type("set upstream.port 2525\n")
+    relay.wait_log(r"^ok \(save to keep it\)$")
+    relay.wait_log(r"delivering to 127\.0\.0\.1:2525")  # upstream settings apply at once
+    relay.type("save\n")
+    relay.wait_log(r"^saved to ")
+    saved = json.loads(relay.config_path.read_text())
+    assert saved["max_recipients"] == 7 and saved["upstream"]["port"] == 2525
+    relay.type("status\n")
+    relay.wait_log(r"^note      settings changed that need save \+ reboot$")
+
+
+def test_queue_test_retry_drop(relay):
+    relay.type("test bob@example.net\n")
+    id = relay.wait_log(r"^test message queued as ([0-9a-f]{16})$").group(1)
+    assert relay.queued() == [id]
+    relay.type("queue\n")
+    relay.wait_log(r"^  %s .* from <alice@example.net> to bob@example.net" % id)
+    relay.type(f"retry {id}\n")
+    relay.wait_log(f"^{id}: will be tried now$")
+    relay.type(f"drop {id}\n")
+    relay.wait_log(f"^{id}: dropped$")
+    assert relay.queued() == []
+    relay.type("drop 0123\n")
+    relay.wait_log(r"^error: no message 0123$")
+
+
+def test_junk_and_overlong_lines(relay):
+    relay.type(bytes(range(256)) * 64 + b"\n")
+    relay.type(b"x" * 100_000 + b"\n")
+    relay.wait_log(r"^error: line too long \(at most 4096 bytes\)$")
+    relay.type(b"@" + b"{" * 50_000 + b"\n")
+    relay.wait_log(r'^@\{"id": null, "ok": false, "error": "line too long"\}$')
+    relay.type(b'@{"id": 5, "cmd": "status"\n')
+    relay.wait_log(r'^@\{.*"error": "bad request".*\}$')
+    relay.type("status\n")
+    relay.wait_log(r"^queue     0 message")
+    assert relay.proc.poll() is None
+
+
+def test_reboot_exits_for_restart(relay):
+    relay.type("reboot\n")
+    relay.wait_log(r"^rebooting$")
+    assert relay.proc.wait(10) == 3
+
+
+def test_end_of_input_leaves_the_relay_running(relay):
+    relay.proc.stdin.close()
+    relay.wait_log("console input closed; the relay keeps running")
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        assert s.noop()[0] == 250
