@@ -7,7 +7,6 @@ how to get there.
 
 import glob
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -104,6 +103,20 @@ def check_image(image, geometry):
         )
 
 
+def check_image_fits_board(info, image):
+    """Before touching the board: the image must match one of its flash layouts."""
+    try:
+        size = Path(image).stat().st_size
+    except OSError as e:
+        raise ToolError(f"cannot read {image}: {e.strerror}") from None
+    sizes = [boards.geometry(info, k) for k in info["filesystem"]]
+    if not any(g.size == size for g in sizes):
+        raise ToolError(
+            f"{image} ({size} bytes) matches no {info['name']} filesystem; rebuild it with "
+            f"`relaybox image --board {info['name']} --flash-size SIZE`"
+        )
+
+
 def _no_board(info, port, reason):
     hint = info.get("bootloader_hint", "")
     return ToolError(
@@ -127,6 +140,8 @@ def flash_esp32(info, args):
         )
     if args.firmware:
         check_esp_firmware(info, args.firmware)
+    if args.image:
+        check_image_fits_board(info, args.image)
     baud = args.baud or info["esptool"]["baud"]
     if args.dry_run:
         geometry = boards.geometry(info, args.flash_size)
@@ -212,8 +227,8 @@ def find_rp2_drives(roots=None):
     return sorted(set(found))
 
 
-def rp2_uf2(info, args, workdir):
-    """The UF2 to copy: the image's, merged with stock MicroPython when --firmware is given."""
+def rp2_uf2(info, args, workdir, out):
+    """Write to `out` the UF2 to copy: the image's, plus stock MicroPython with --firmware."""
     family_id, flash_base = boards.uf2_settings(info)
     geometry = boards.geometry(info, args.flash_size)
     if args.image:
@@ -232,7 +247,7 @@ def rp2_uf2(info, args, workdir):
             raise ToolError(
                 f"cannot use {args.firmware} ({e}); " + _download_hint(info, "UF2")
             ) from None
-    out = workdir / f"relaybox-{info['name']}.uf2"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     return out
 
@@ -280,8 +295,6 @@ def copy_with_progress(src, dest):
 
 
 def flash_rp2(info, args):
-    keep = ROOT / "build" / f"flash-{info['name']}"
-    keep.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         geometry = boards.geometry(info, args.flash_size)
         family_id, base = boards.uf2_settings(info)
@@ -291,10 +304,13 @@ def flash_rp2(info, args):
             + (f", plus {args.firmware}" if args.firmware else "")
         )
         return 0
+    # The UF2 outlives this command: without a drive the user copies it by hand.
+    if args.image:
+        out = Path(args.image).with_name(Path(args.image).stem + "-flash.uf2")
+    else:
+        out = ROOT / "build" / f"relaybox-{info['name']}.uf2"
     with tempfile.TemporaryDirectory(prefix="relaybox-flash-") as tmp:
-        made = rp2_uf2(info, args, Path(tmp))
-        out = keep / made.name
-        shutil.copyfile(made, out)
+        rp2_uf2(info, args, Path(tmp), out)
     drives = [args.drive] if args.drive else find_rp2_drives()
     if not drives and args.port:
         enter_bootsel(args.port)
@@ -315,5 +331,5 @@ def flash_rp2(info, args):
             f"{drive} is not an RPI-RP2 drive (no INFO_UF2.TXT); hold BOOTSEL while plugging in"
         )
     copy_with_progress(out, drive / out.name)
-    print(f"{info['name']} flashed; it restarts by itself. Its files are in {out}")
+    print(f"{info['name']} flashed from {out}; it restarts by itself")
     return 0
