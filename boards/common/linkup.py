@@ -2,15 +2,6 @@
 import asyncio
 import time
 
-from micropython import const
-
-_POLL_MS = const(250)
-_WATCH_MS = const(2000)
-_BACKOFF_FIRST_S = const(2)
-_BACKOFF_MAX_S = const(120)
-# One attempt waits this long for a link and an address, then backs off and tries again.
-_ATTEMPT_MS = const(30000)
-
 _DEFAULTS = {
     "dhcp": True,
     "ip": None,
@@ -62,6 +53,13 @@ class Link:
     """
 
     kind = "link"
+    #: How often the interface is polled while it comes up, and once it is up.
+    poll_ms = 250
+    watch_ms = 2000
+    #: One attempt waits this long for a link and an address before backing off.
+    attempt_ms = 30000
+    #: The wait after a failed attempt doubles from the first value up to the second.
+    backoff_ms = (2000, 120000)
 
     def __init__(self, cfg, log, led=None):
         self.log = log
@@ -76,21 +74,23 @@ class Link:
         return {"up": self.ip is not None, "ip": self.ip, "detail": self.detail}
 
     async def run(self):
-        delay = _BACKOFF_FIRST_S
+        delay = self.backoff_ms[0]
         while True:
             self.tries += 1
             try:
                 if await self._bring_up():
-                    delay = _BACKOFF_FIRST_S
+                    delay = self.backoff_ms[0]
                     self.tries = 0
                     await self._watch()
             except Exception as e:  # drivers raise OSError, RuntimeError and ValueError alike
                 self.detail = "%s: %s, try %d" % (type(e).__name__, e, self.tries)
             self.ip = None
             self.led("error")
-            self.log.warn("net", "%s down: %s; next try in %ds" % (self.kind, self.detail, delay))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+            self.log.warn(
+                "net", "%s down: %s; next try in %.1fs" % (self.kind, self.detail, delay / 1000)
+            )
+            await asyncio.sleep_ms(delay)
+            delay = min(delay * 2, self.backoff_ms[1])
 
     async def _bring_up(self):
         s = self.cfg
@@ -103,10 +103,11 @@ class Link:
         nic = self.nic
         nic.active(True)
         if s["static"]:
-            nic.ifconfig((s["ip"], s["netmask"], s["gateway"] or s["ip"], s["dns"] or s["ip"]))
+            gateway = s["gateway"] or "0.0.0.0"
+            nic.ifconfig((s["ip"], s["netmask"], gateway, s["dns"] or gateway))
         mode = "static" if s["static"] else "dhcp"
         self._start(nic)
-        deadline = time.ticks_add(time.ticks_ms(), _ATTEMPT_MS)
+        deadline = time.ticks_add(time.ticks_ms(), self.attempt_ms)
         while time.ticks_diff(deadline, time.ticks_ms()) > 0:
             ip = self._address(nic)
             if ip:
@@ -122,9 +123,9 @@ class Link:
                 self.detail = "%s, try %d" % (failed, self.tries)
                 return False
             self.detail = "%s, %s wait, try %d" % (self._why(nic), mode, self.tries)
-            await asyncio.sleep_ms(_POLL_MS)
+            await asyncio.sleep_ms(self.poll_ms)
         self.detail = "no address after %ds (%s), try %d" % (
-            _ATTEMPT_MS // 1000,
+            self.attempt_ms // 1000,
             self._why(nic),
             self.tries,
         )
@@ -133,7 +134,7 @@ class Link:
     async def _watch(self):
         # Poll rather than wait for an event: not every driver reports a lost link.
         while self._address(self.nic):
-            await asyncio.sleep_ms(_WATCH_MS)
+            await asyncio.sleep_ms(self.watch_ms)
         self.detail = "link lost"
 
     def _address(self, nic):

@@ -1,0 +1,33 @@
+# Stands in for MicroPython's `machine` Pin and Timer on the unix port, recording calls.
+calls = []
+
+
+class Pin:
+    IN = 0
+    OUT = 1
+
+    def __init__(self, id, mode=-1):
+        self.id = id
+        self.v = 0
+        calls.append(("Pin", id, mode))
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+
+    def toggle(self):
+        self.v ^= 1
+
+    def __repr__(self):
+        return "Pin(%r)" % (self.id,)
+
+
+class Timer:
+    PERIODIC = 1
+
+    def __init__(self, period=0, mode=0, callback=None):
+        calls.append(("Timer", period))
+
+    def deinit(self):
+        calls.append(("Timer.deinit",))
