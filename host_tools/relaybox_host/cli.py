@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from . import __version__, deploy, flash, image, run
+from . import __version__, deploy, flash, image, remote, run, terminal
 from .errors import ToolError
 
 # Each module adds its own subcommands; keep one line per module.
-MODULES = [run, image, flash, deploy]
+MODULES = [run, image, flash, deploy, remote, terminal]
 
 
 def parser():

@@ -1,0 +1,203 @@
+"""Real serial plumbing for the host tool's tests: the firmware on one end of a socat pty
+pair, `relaybox --port` on the other, and a pseudo-terminal for the tool's own stdin.
+
+Nothing drains the board's end while no client has it open, so a test keeps the log
+volume between two commands small (a pty pair buffers some tens of KB before the firmware's
+prints block, as a USB-serial bridge nobody reads would not).
+"""
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from relaybox_host import serialconn
+from relaybox_host.run import command, environment
+from relayproc import Relay
+
+RELAYBOX = str(Path(sys.executable).with_name("relaybox"))
+MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
+
+
+class PtyPair:
+    """Two linked pseudo-terminals made by socat: `board` and `host` are their paths."""
+
+    def __init__(self, folder):
+        self.board = str(Path(folder) / "board-tty")
+        self.host = str(Path(folder) / "host-tty")
+        if not shutil.which("socat"):
+            pytest.fail("socat is needed for the console tests (apt-get install socat)")
+        self.proc = subprocess.Popen(
+            [
+                "socat",
+                f"pty,raw,echo=0,link={self.board}",
+                f"pty,raw,echo=0,link={self.host}",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: os.path.exists(self.board) and os.path.exists(self.host), "socat")
+        # One descriptor on each end for the pair's life: socat keeps the pair up while
+        # clients come and go. It is never read, so it takes no data from anyone.
+        self._hold = [os.open(p, os.O_RDWR | os.O_NOCTTY) for p in (self.board, self.host)]
+
+    def close(self):
+        for fd in self._hold:
+            os.close(fd)
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+class PtyRelay(Relay):
+    """The firmware with its console (stdin and stdout) on the board end of a pty pair.
+
+    With via_run the board is started as a user does, by `relaybox run`, which starts the
+    firmware again when it asks for a reboot.
+    """
+
+    def __init__(self, build_dir, folder, via_run=False, **config):
+        super().__init__(build_dir, folder, **config)
+        self.via_run = via_run
+        self.pair = None
+
+    @property
+    def tty(self):
+        return self.pair.host
+
+    def start(self, timeout=20):
+        self.pair = PtyPair(self.folder)
+        fd = os.open(self.pair.board, os.O_RDWR | os.O_NOCTTY)
+        if self.via_run:
+            cmd, env = [RELAYBOX, "run", "--config", str(self.config_path)], None
+        else:
+            cmd = command(self.build_dir, self.config_path, self.heap)
+            env = environment(self.build_dir)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=fd, stdout=fd, stderr=fd, cwd=self.folder)
+        os.close(fd)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout=20):
+        """Wait until relaybox answers hello on the host end."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                c = serialconn.open_port(self.tty, 1)
+                try:
+                    return c.hello()
+                finally:
+                    c.close()
+            except serialconn.ConsoleError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM if self.via_run else signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.pair:
+            self.pair.close()
+            self.pair = None
+
+    def saved(self):
+        return json.loads(self.config_path.read_text())
+
+    def relaybox(self, *args, stdin=subprocess.DEVNULL, timeout=30, port=None):
+        return relaybox(*args, "--port", port or self.tty, stdin=stdin, timeout=timeout)
+
+    def ok(self, *args, **kw):
+        """Run a command that must succeed; return its stdout."""
+        r = self.relaybox(*args, **kw)
+        assert r.returncode == 0, f"relaybox {' '.join(args)} failed:\n{r.stderr}\n{r.stdout}"
+        return r.stdout
+
+    def json(self, *args):
+        return json.loads(self.ok(*args, "--json"))
+
+
+def relaybox(*args, stdin=subprocess.DEVNULL, timeout=30):
+    return subprocess.run(
+        [RELAYBOX, *args], stdin=stdin, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wait_for(predicate, what, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Terminal:
+    """A program whose stdin, stdout and stderr are a pseudo-terminal, as at a keyboard."""
+
+    def __init__(self, argv, env=None):
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            # The pty becomes the controlling terminal, so /dev/tty is it, as for a person.
+            start_new_session=True,
+            preexec_fn=lambda: _controlling_tty(0),
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def send(self, text):
+        os.write(self.master, text.encode())
+
+    def expect(self, pattern, timeout=15):
+        """Read until the output so far matches pattern (bytes regex); return the match."""
+        rx = re.compile(pattern.encode() if isinstance(pattern, str) else pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.seen)
+            if m:
+                return m
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(min(left, 0.2)):
+                raise AssertionError(f"no {pattern!r} in the terminal output:\n{self.seen!r}")
+
+    def _read(self, wait):
+        """Take what arrives within `wait` seconds; False once the terminal is closed."""
+        ready, _, _ = select.select([self.master], [], [], wait)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.master, 65536)
+        except OSError:  # EIO: the program exited and closed the terminal
+            return False
+        self.seen += chunk
+        return bool(chunk)
+
+    def finish(self, timeout=15):
+        """Wait for the program to exit; return its exit code with all output read."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.1)
+        while select.select([self.master], [], [], 0.1)[0] and self._read(0):
+            pass
+        os.close(self.master)
+        return self.proc.wait(max(0.1, deadline - time.monotonic()))
+
+
+def _controlling_tty(fd):
+    import fcntl
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
