@@ -9,6 +9,8 @@ import mpdriver
 import pytest
 from upstream_server import PASSWORD, USER, Certs, Upstream
 
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH")
+
 DRIVER = """
 import asyncio, json
 from relaybox import log, submit

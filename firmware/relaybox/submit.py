@@ -187,12 +187,9 @@ class Upstream:
             self._ctx = tlsconn.client_context(self.ca)
         self._stage = "connect"
         implicit = self.mode == "implicit"
-        if implicit:
-            self._stage = "tls"
         self.conn = await tlsconn.connect(
             self.host, self.port, self.timeout, self._ctx if implicit else None
         )
-        self._stage = "connect"
         code, text = await self._reply()
         if code != 220:
             raise _failure("connect", code, text)

@@ -1,6 +1,7 @@
 """Outbound connections: plain, implicit TLS or STARTTLS upgrade, verified, with timeouts."""
 
 import asyncio
+import os
 import time
 from binascii import a2b_base64
 
@@ -18,12 +19,13 @@ class TLSError(Exception):
 def load_ca(path):
     """Return the DER certificates in `path`, a PEM file (one or more certs) or one DER cert."""
     try:
+        size = os.stat(path)[6]
+        if size > _CA_MAX:
+            raise TLSError("CA file %s is larger than %d bytes" % (path, _CA_MAX))
         with open(path, "rb") as f:
-            data = f.read(_CA_MAX + 1)
+            data = f.read(size)
     except OSError as e:
         raise TLSError("cannot read CA file %s: %s" % (path, e)) from None
-    if len(data) > _CA_MAX:
-        raise TLSError("CA file %s is larger than %d bytes" % (path, _CA_MAX))
     if b"-----BEGIN" not in data:
         if not data:
             raise TLSError("CA file %s is empty" % path)
@@ -143,6 +145,9 @@ async def _drive(sock, timeout, step):
         try:
             n = step()
         except OSError as e:
+            # A positive errno is the network (refused, reset); mbedTLS codes are negative.
+            if e.args and isinstance(e.args[0], int) and e.args[0] > 0:
+                raise
             raise TLSError("handshake failed: %s" % _why(e)) from None
         except Exception as e:  # mbedTLS reports a refused certificate as ValueError
             raise TLSError(_why(e)) from None

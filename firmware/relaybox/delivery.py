@@ -1,0 +1,310 @@
+"""The delivery scheduler: due messages go upstream in one session; retries, dead letters."""
+
+import asyncio
+import time
+
+from micropython import const
+
+from . import clock, log, rewrite
+from .submit import SubmitError, Upstream
+
+_IDLE = const(300)  # look at the queue at least this often, even with nothing due
+_CLOCK_RETRY = const(60)  # seconds between NTP attempts while the clock is unset
+_RESYNC = const(86400)  # boards keep their RTC honest with a daily NTP query
+_BOUNCE_HELO = "relaybox-bounce"  # marks our own notices, which never bounce again
+_SUB = "delivery"
+_SCAN = const(100)  # oldest queued messages looked at per round; one session takes them all
+
+
+def _ago(t):
+    return "%s" % clock.rfc5322_date(t) if t else "-"
+
+
+class Delivery:
+    """Owns the upstream session; the console reads status(), the LAN server calls wake()."""
+
+    def __init__(self, relay):
+        self.spool = relay.spool
+        cfg = relay.cfg
+        self.ucfg = cfg.upstream()
+        self.admin = cfg.get("admin")
+        self.sender = self.ucfg["sender"] or self.ucfg["user"]
+        self.schedule = self.ucfg["retry"]["schedule"] or [60]
+        self.max_age = self.ucfg["retry"]["max_age"]
+        # The session object holds the long-lived buffers; allocate it once, at start.
+        self.up = Upstream(self.ucfg, cfg.get("hostname"), log)
+        self._wake = asyncio.Event()
+        self._failures = 0  # sessions in a row that could not be opened
+        self._session_next = 0  # no session before this time (backoff, paused AUTH)
+        self._synced = 0
+        self.state = "starting"
+        self.reachable = None
+        self.authenticated = None
+        self.last_error = None
+        self.last_result = None
+        self.next_attempt = None
+        self.delivered = 0
+        self.dead = 0
+
+    def wake(self):
+        """New mail was queued: look at the queue now (backoff still applies)."""
+        self._wake.set()
+
+    def status(self):
+        """What the console shows about delivery."""
+        return {
+            "upstream": "%s:%d (%s)" % (self.ucfg["host"], self.ucfg["port"], self.ucfg["tls"]),
+            "state": self.state,
+            "reachable": self.reachable,
+            "authenticated": self.authenticated,
+            "mechanism": self.up.mechanism,
+            "last_error": self.last_error,
+            "last_result": self.last_result,
+            "next_attempt": _ago(self.next_attempt) if self.next_attempt else None,
+            "queued": self.spool.count(),
+            "delivered": self.delivered,
+            "dead": self.dead,
+            "clock_ok": clock.clock_ok(),
+        }
+
+    # -- the loop --
+
+    async def run(self):
+        log.info(_SUB, "delivering to %s as %s" % (self.status()["upstream"], self.sender))
+        while True:
+            try:
+                wait = await self._round()
+            except Exception as e:  # a bug or a broken flash must not stop delivery for good
+                log.error(_SUB, "delivery round failed: %r" % e)
+                self.last_error = "internal: %r" % e
+                wait = self.schedule[0]
+            self.next_attempt = time.time() + wait if wait < _IDLE else None
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _round(self):
+        """One look at the queue; returns seconds until the next look is needed."""
+        now = time.time()
+        if not self._clock_ready(now):
+            self.state = "waiting for clock"
+            return _CLOCK_RETRY
+        due, wait = self._due(now)
+        if not due:
+            self.state = "idle"
+            return wait
+        if now < self._session_next:
+            self.state = "waiting to retry"
+            return max(1, int(self._session_next - now))
+        self.state = "sending"
+        await self._session(due)
+        self.state = "idle"
+        due, wait = self._due(time.time())
+        return 1 if due and time.time() >= self._session_next else wait
+
+    def _clock_ready(self, now):
+        if self._synced and now - self._synced < _RESYNC and clock.clock_ok():
+            return True
+        ok = clock.sync(log)
+        if ok:
+            self._synced = time.time()
+        else:
+            self.last_error = "clock not set (no NTP answer): certificates cannot be checked"
+        return ok
+
+    def _due(self, now):
+        """Queued ids due now (oldest first) and the seconds until the next one is due."""
+        due = []
+        wait = _IDLE
+        for id in self.spool.ids(limit=_SCAN):
+            nxt = self.spool.state(id).get("next", 0)
+            if nxt <= now:
+                due.append(id)
+            else:
+                wait = min(wait, nxt - now)
+        return due, max(1, int(wait))
+
+    # -- one session --
+
+    async def _session(self, ids):
+        up = self.up
+        try:
+            await up.open()
+        except SubmitError as e:
+            self._session_failed(e, ids)
+            return
+        self._failures = 0
+        self._session_next = 0
+        self.reachable = self.authenticated = True
+        self.last_error = None
+        counts = [0, 0, 0]  # delivered, deferred, dead
+        try:
+            for id in ids:
+                if not up.alive:
+                    try:
+                        await up.open()
+                    except SubmitError as e:
+                        self._session_failed(e, ids[ids.index(id) :])
+                        break
+                counts[await self._one(id)] += 1
+                if up.alive:
+                    try:
+                        await up.reset()
+                    except SubmitError:
+                        pass  # reset() closed the session; the next message reopens it
+        finally:
+            await up.close()
+        self.last_result = "delivered %d, deferred %d, dead %d at %s" % (
+            counts[0],
+            counts[1],
+            counts[2],
+            clock.rfc5322_date(),
+        )
+
+    def _session_failed(self, e, ids):
+        self._failures += 1
+        self.last_error = "%s: %s" % (e.stage, " ".join(e.text.split()) or e.code)
+        self.reachable = not (e.stage == "connect" and e.code == 0)
+        self.authenticated = False if e.stage == "auth" else None
+        if e.temporary:
+            step = self.schedule[min(self._failures - 1, len(self.schedule) - 1)]
+        else:
+            # Wrong credentials, no usable mechanism, a bad CA file: trying again soon
+            # only gets the account locked. Wait the longest step; the mail stays queued.
+            step = self.schedule[-1]
+        self._session_next = time.time() + step
+        log.error(
+            _SUB,
+            "upstream session failed (%s); %d queued, next try in %d s"
+            % (self.last_error, len(ids), step),
+        )
+        # Messages past their age give up even when the server never answered.
+        now = time.time()
+        for id in ids:
+            env = self._envelope(id)
+            if env and now - env.arrived > self.max_age:
+                self._to_dead(
+                    id, env, "not delivered within %d s: %s" % (self.max_age, self.last_error)
+                )
+
+    def _envelope(self, id):
+        try:
+            return self.spool.envelope(id)
+        except (OSError, ValueError) as e:
+            log.error(_SUB, "id=%s unreadable, left in the queue: %r" % (id, e))
+            return None
+
+    async def _one(self, id):
+        """Send one message; return 0 delivered, 1 deferred, 2 dead."""
+        env = self._envelope(id)
+        if env is None:
+            return 1
+        st = self.spool.state(id)
+        rcpts = st.get("rcpts") or env.rcpts
+        f = self.spool.open_message(env)
+        try:
+            src = rewrite.Outbound(f, self.sender, env.sender)
+            results = await self.up.send(self.sender, rcpts, src, env.size + src.delta)
+        except SubmitError as e:
+            results = [(r, e.code, e.text) for r in rcpts]
+            if e.code >= 500:
+                return self._refused(id, env, st, results, e)
+            return self._defer(id, env, st, rcpts, "%s %s %s" % (e.stage, e.code, e.text))
+        finally:
+            f.close()
+        later = [r for r, c, _ in results if 400 <= c < 500]
+        failed = st.get("failed", []) + [[r, c, t] for r, c, t in results if c >= 500]
+        done = [r for r, c, _ in results if c < 400]
+        self._summary(id, env, done, "sent")
+        if later:
+            st["failed"] = failed
+            return self._defer(
+                id,
+                env,
+                st,
+                later,
+                "; ".join("%s: %d %s" % (r, c, t) for r, c, t in results if r in later),
+            )
+        if failed:
+            st["failed"] = failed
+            return self._refused(id, env, st, failed, None)
+        self.spool.remove(id)
+        self.delivered += 1
+        return 0
+
+    def _summary(self, id, env, rcpts, result):
+        if rcpts:
+            log.info(
+                _SUB,
+                "id=%s from=%s rcpt=%s size=%d result=%s"
+                % (id, env.sender or "<>", ",".join(rcpts), env.size, result),
+            )
+
+    def _defer(self, id, env, st, rcpts, why):
+        now = time.time()
+        why = " ".join(why.split())
+        if now - env.arrived > self.max_age:
+            return self._to_dead(id, env, "gave up after %d s: %s" % (self.max_age, why), st)
+        n = st.get("attempts", 0) + 1
+        step = self.schedule[min(n - 1, len(self.schedule) - 1)]
+        st.update({"attempts": n, "next": now + step, "last": why, "rcpts": rcpts})
+        self.spool.set_state(id, st)
+        log.warn(_SUB, "id=%s deferred (%s), retry in %d s" % (id, why, step))
+        return 1
+
+    def _refused(self, id, env, st, failed, e):
+        if e is not None:
+            why = "%s %d %s" % (e.stage, e.code, " ".join(e.text.split()))
+        else:
+            why = "; ".join("%s: %d %s" % (r, c, " ".join(t.split())) for r, c, t in failed)
+        return self._to_dead(id, env, "refused: " + why, st)
+
+    def _to_dead(self, id, env, why, st=None):
+        st = dict(st or {})
+        st.update({"reason": why, "dead_at": time.time()})
+        st.pop("next", None)
+        try:
+            self.spool.to_dead(id, st)
+        except OSError as e:
+            log.error(_SUB, "id=%s could not move to dead letters: %r" % (id, e))
+            return 1
+        self.dead += 1
+        log.error(
+            _SUB,
+            "id=%s from=%s rcpt=%s size=%d result=dead reason=%s"
+            % (id, env.sender or "<>", ",".join(env.rcpts), env.size, why),
+        )
+        if self.admin and env.helo != _BOUNCE_HELO:
+            self._bounce(id, env, why)
+        return 2
+
+    def _bounce(self, id, env, why):
+        """Queue a short notice to the admin; it goes out like any other message."""
+        body = (
+            "From: relaybox <%s>\r\nTo: <%s>\r\nSubject: Undelivered mail %s\r\n"
+            "Date: %s\r\nAuto-Submitted: auto-replied\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+            "The upstream server refused a message; it is kept in the dead letters.\r\n\r\n"
+            "Id: %s\r\nFrom: %s\r\nTo: %s\r\nArrived: %s\r\nReason: %s\r\n"
+        ) % (
+            self.sender,
+            self.admin,
+            id,
+            clock.rfc5322_date(),
+            id,
+            env.sender or "<>",
+            ", ".join(env.rcpts),
+            clock.rfc5322_date(env.arrived),
+            why[:400],
+        )
+        try:
+            w = self.spool.writer(self.sender, [self.admin], "local", _BOUNCE_HELO)
+            w.write(body.encode())
+            w.commit()
+        except OSError as e:
+            log.error(_SUB, "bounce notice for id=%s not queued: %r" % (id, e))
+            return
+        log.info(_SUB, "bounce notice for id=%s queued to %s" % (id, self.admin))
+        self.wake()

@@ -1,0 +1,165 @@
+"""End to end: LAN device -> relay (MicroPython) -> spool -> upstream (aiosmtpd over TLS)."""
+
+import json
+import smtplib
+import time
+
+import pytest
+from upstream_server import USER, Certs, Upstream, free_port
+
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH")
+
+MSG = b"From: Printer <printer@lan>\r\nTo: bob@example.org\r\nSubject: toner low\r\n\r\nhi\r\n"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certs(str(tmp_path_factory.mktemp("certs")))
+
+
+def upstream_cfg(up, **over):
+    cfg = up.config(**over)
+    cfg.setdefault("retry", {"schedule": [1, 2], "max_age": 3600})
+    return cfg
+
+
+def submit(relay, body=MSG, rcpts=("bob@example.org",), sender="printer@lan"):
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as s:
+        assert s.sendmail(sender, list(rcpts), body) == {}
+
+
+def wait_for(pred, timeout=20, what="condition", relay=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what + (relay and "\n" + relay.log() or ""))
+
+
+def dead(relay):
+    d = relay.spool / "dead"
+    return sorted(p.name for p in d.iterdir() if "." not in p.name) if d.exists() else []
+
+
+def test_message_relayed_with_sender_rewritten(relay_factory, certs):
+    with Upstream(certs, "starttls") as up:
+        relay = relay_factory(upstream=upstream_cfg(up))
+        submit(relay)
+        wait_for(lambda: up.messages, what="the upstream to receive the message", relay=relay)
+        relay.wait_log(r"result=sent")
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    (got,) = up.messages
+    assert (got.mail_from, got.rcpts, got.login) == (USER, ["bob@example.org"], USER)
+    head = got.data.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert b'From: "Printer" <alice@example.net>' in head
+    assert b"Reply-To: Printer <printer@lan>" in head
+    assert b"X-Original-From: Printer <printer@lan>" in head
+    assert head[0].startswith(b"Received: from ")
+    assert got.data.endswith(b"\r\n\r\nhi\r\n")
+    assert "correct horse" not in relay.log()
+
+
+def test_without_upstream_mail_is_held(relay_factory):
+    relay = relay_factory()
+    submit(relay)
+    relay.wait_log("no upstream configured")
+    assert len(relay.queued()) == 1
+
+
+def test_unreachable_then_many_messages_in_one_session(relay_factory, certs):
+    port = free_port()
+    up = Upstream(certs, "implicit")
+    up.port = port
+    up.controller.port = port
+    relay = relay_factory(upstream=upstream_cfg(up, port=port, retry={"schedule": [2]}))
+    for i in range(8):
+        submit(relay, MSG + b"n=%d\r\n" % i)
+    relay.wait_log(r"upstream session failed \(connect: ")
+    assert len(relay.queued()) == 8
+    with up:
+        wait_for(
+            lambda: len(up.messages) == 8, timeout=30, what="8 messages upstream", relay=relay
+        )
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    assert len(up.handler.sessions) == 1 and up.handler.rsets == 8
+    assert sorted(m.data.rsplit(b"\r\n", 2)[-2] for m in up.messages) == [
+        b"n=%d" % i for i in range(8)
+    ]
+
+
+def test_4xx_is_retried_then_delivered(relay_factory, certs):
+    plan = {"data": ["451 4.3.0 Try again later"]}
+    with Upstream(certs, "starttls", plan=plan) as up:
+        relay = relay_factory(upstream=upstream_cfg(up))
+        submit(relay)
+        relay.wait_log(r"deferred \(data 451 4.3.0 Try again later\), retry in 1 s")
+        wait_for(lambda: up.messages, what="the retry", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    assert len(up.messages) == 1 and dead(relay) == []
+
+
+def test_5xx_goes_to_dead_letters_and_admin_gets_notice(relay_factory, certs):
+    plan = {"data": ["554 5.7.1 Spam detected"]}
+    with Upstream(certs, "starttls", plan=plan) as up:
+        relay = relay_factory(upstream=upstream_cfg(up), admin="admin@example.net")
+        submit(relay)
+        wait_for(lambda: up.messages, what="the bounce notice", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    (id,) = dead(relay)
+    state = json.loads((relay.spool / "dead" / (id + ".s")).read_text())
+    assert state["reason"] == "refused: data 554 5.7.1 Spam detected"
+    (notice,) = up.messages
+    assert notice.rcpts == ["admin@example.net"] and notice.mail_from == USER
+    assert b"Subject: Undelivered mail " + id.encode() in notice.data
+    assert b"Reason: refused: data 554 5.7.1 Spam detected" in notice.data
+    relay.wait_log("id=%s .*result=dead" % id)
+
+
+def test_one_recipient_refused(relay_factory, certs):
+    plan = {"rcpt": {"nobody@example.org": "550 5.1.1 No such user"}}
+    with Upstream(certs, "starttls", plan=plan) as up:
+        relay = relay_factory(upstream=upstream_cfg(up))
+        submit(relay, rcpts=["bob@example.org", "nobody@example.org"])
+        wait_for(lambda: dead(relay), what="a dead letter", relay=relay)
+    assert [m.rcpts for m in up.messages] == [["bob@example.org"]]
+    (id,) = dead(relay)
+    state = json.loads((relay.spool / "dead" / (id + ".s")).read_text())
+    assert state["failed"] == [["nobody@example.org", 550, "5.1.1 No such user"]]
+
+
+def test_wrong_password_keeps_mail_and_stops_trying(relay_factory, certs):
+    with Upstream(certs, "starttls") as up:
+        cfg = upstream_cfg(up, password="wrong", retry={"schedule": [1, 3600], "max_age": 3600})
+        relay = relay_factory(upstream=cfg)
+        submit(relay)
+        relay.wait_log(r"auth: credentials refused \(CRAM-MD5 as alice@example.net\)")
+        submit(relay)
+        time.sleep(2)
+    assert up.handler.auth_attempts == [("CRAM-MD5", USER, False)]
+    assert len(relay.queued()) == 2 and up.messages == []
+    assert "next try in 3600 s" in relay.log()
+
+
+def test_bad_certificate_keeps_mail(relay_factory, certs, tmp_path):
+    other = Certs(str(tmp_path))
+    with Upstream(certs, "implicit") as up:
+        relay = relay_factory(upstream=upstream_cfg(up, ca=other.ca_pem))
+        submit(relay)
+        relay.wait_log(r"upstream session failed \(tls: .*not correctly signed")
+    assert up.handler.auth_attempts == [] and len(relay.queued()) == 1
+
+
+def test_ten_megabytes_with_256k_heap(relay_factory, certs):
+    line = b"0123456789" * 9 + b"abcdefg\r\n"  # 99 bytes
+    body = b"Subject: big\r\n\r\n" + line * (10 * 1024 * 1024 // len(line))
+    with Upstream(certs, "starttls") as up:
+        relay = relay_factory(upstream=upstream_cfg(up), max_message_bytes=20 * 1024 * 1024)
+        t0 = time.monotonic()
+        submit(relay, body)
+        t1 = time.monotonic()
+        wait_for(lambda: up.messages, timeout=240, what="10 MB upstream", relay=relay)
+        t2 = time.monotonic()
+    assert up.messages[0].data.endswith(body[-200:])
+    assert len(up.messages[0].data) > len(body)
+    print("10 MB: LAN->spool %.1f s, spool->upstream %.1f s" % (t1 - t0, t2 - t1))
