@@ -14,17 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relaybox_host import ROOT
+import pytest
+from relaybox_host import ROOT, boards
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 FAKES = Path(__file__).parent / "fakehw"
 
 
-def run_network(board, cfg, plan=None, samples=40):
+def run_network(board, cfg, plan=None, samples=40, reboot=False):
     path = [FAKES, ROOT / "boards" / "common", ROOT / "boards" / board, ".frozen"]
     r = subprocess.run(
         [str(MICROPYTHON), str(FAKES / "netdriver.py")]
-        + [json.dumps({"cfg": cfg, "plan": plan or {}, "samples": samples})],
+        + [json.dumps({"cfg": cfg, "plan": plan or {}, "samples": samples, "reboot": reboot})],
         env=dict(os.environ, MICROPYPATH=":".join(map(str, path))),
         capture_output=True,
         text=True,
@@ -105,3 +106,10 @@ def test_w5500_uses_board_pins_and_asks_dhcp():
     ]
     assert r["states"][-1] == {"up": True, "ip": "10.0.0.7", "detail": "up, dhcp"}
     assert "('Pin', 25, 1)" in r["machine"]
+
+
+@pytest.mark.parametrize("board", boards.flashable_boards())
+def test_reboot_is_a_hard_reset(board):
+    """The console's `reboot` ends in board.reboot(): a full reset brings the network up anew."""
+    r = run_network(board, {}, samples=1, reboot=True)
+    assert r["machine"][-1] == "('reset',)", r["machine"]

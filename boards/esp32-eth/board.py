@@ -33,3 +33,9 @@ class Network(Link):
 def led(state):
     # The board has power and link LEDs only, none the firmware can drive.
     pass
+
+
+def reboot():
+    import machine
+
+    machine.reset()

@@ -22,3 +22,9 @@ class Network(WifiLink):
         # The access point interface stays off: the relay is a station on the LAN only.
         network.WLAN(network.AP_IF).active(False)
         return network.WLAN(network.STA_IF)
+
+
+def reboot():
+    import machine
+
+    machine.reset()

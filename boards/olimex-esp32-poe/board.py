@@ -32,3 +32,9 @@ class Network(Link):
 def led(state):
     # The board has no user LED (GPIO34 is a button); nothing to show.
     pass
+
+
+def reboot():
+    import machine
+
+    machine.reset()

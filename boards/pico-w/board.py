@@ -24,3 +24,9 @@ class Network(WifiLink):
         nic.active(True)
         nic.config(pm=_PM_PERFORMANCE)
         return nic
+
+
+def reboot():
+    import machine
+
+    machine.reset()

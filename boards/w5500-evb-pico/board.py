@@ -24,3 +24,9 @@ class Network(Link):
     def _start(self, nic):
         if not self.cfg["static"]:
             nic.ifconfig("dhcp")
+
+
+def reboot():
+    import machine
+
+    machine.reset()

@@ -2,6 +2,10 @@
 calls = []
 
 
+def reset():
+    calls.append(("reset",))
+
+
 class Pin:
     IN = 0
     OUT = 1

@@ -62,6 +62,8 @@ async def main():
 
 
 asyncio.run(main())
+if scenario.get("reboot"):
+    board.reboot()
 report = {
     "states": states,
     "log": lines,
