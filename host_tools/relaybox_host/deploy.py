@@ -161,50 +161,59 @@ def plan(local, remote, listing, root, force=False):
 
 
 def deploy(port, board_name=None, config=None, force=False, reset=True):
+    """Bring the firmware on the board at `port` up to date; return what was done."""
+    from mpremote.transport import TransportError
+
     t = _connect(port)
     try:
-        platform, mpy, machine, name, cwd = _eval_print(t, _PROBE)
-        if platform != "linux":
-            # A soft reset in the raw REPL frees the heap and closes the relay's files and
-            # sockets without running main.py again.
-            t.enter_raw_repl(soft_reset=True)
-        board_name = identify(platform, mpy, machine, name, board_name)
-        # On the unix port the "board" is the folder micropython runs in.
-        root = cwd.rstrip("/") + "/" if platform == "linux" else "/"
-
-        local = {}
-        with tempfile.TemporaryDirectory(prefix="relaybox-deploy-") as tmp:
-            for rel in compile_firmware(board_name, tmp):
-                data = (Path(tmp) / rel).read_bytes()
-                local[rel] = (data, hashlib.sha256(data).hexdigest())
-        if config is not None:
-            data = read_config(config)
-            local[CONFIG_NAME] = (data, hashlib.sha256(data).hexdigest())
-
-        paths = [root + rel for rel in local] + [
-            root + rel[:-4] + ".py" for rel in local if rel.endswith(".mpy")
-        ]
-        remote, listing = _eval_print(t, _SURVEY % (_CHUNK, root + _FIRMWARE_DIR, paths))
-        send, stale = plan(local, remote, listing, root, force)
-
-        _make_dirs(t, root, send)
-        total = sum(len(local[rel][0]) for rel in send)
-        sent = []
-        with Progress(f"deploy {board_name}", total) if send else _Quiet() as bar:
-            for rel in send:
-                data = local[rel][0]
-                base = bar.done
-                _write(t, root + rel, data, lambda n, _total, base=base: bar.update(base + n))
-                sent.append((rel, len(data)))
-        if stale:
-            t.exec(
-                "import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % stale
-            )
-        if reset:
-            _reset(t, platform)
-        return Result(board_name, root, sent, len(local) - len(send), stale)
+        return _deploy(t, board_name, config, force, reset)
+    except (TransportError, OSError) as e:
+        raise ToolError(
+            f"lost the board on {port} ({e}); check the cable, then run deploy again"
+        ) from None
     finally:
         t.close()
+
+
+def _deploy(t, board_name, config, force, reset):
+    platform, mpy, machine, name, cwd = _eval_print(t, _PROBE)
+    if platform != "linux":
+        # A soft reset in the raw REPL frees the heap and closes the relay's files and
+        # sockets without running main.py again.
+        t.enter_raw_repl(soft_reset=True)
+    board_name = identify(platform, mpy, machine, name, board_name)
+    # On the unix port the "board" is the folder micropython runs in.
+    root = cwd.rstrip("/") + "/" if platform == "linux" else "/"
+
+    local = {}
+    with tempfile.TemporaryDirectory(prefix="relaybox-deploy-") as tmp:
+        for rel in compile_firmware(board_name, tmp):
+            data = (Path(tmp) / rel).read_bytes()
+            local[rel] = (data, hashlib.sha256(data).hexdigest())
+    if config is not None:
+        data = read_config(config)
+        local[CONFIG_NAME] = (data, hashlib.sha256(data).hexdigest())
+
+    paths = [root + rel for rel in local] + [
+        root + rel[:-4] + ".py" for rel in local if rel.endswith(".mpy")
+    ]
+    remote, listing = _eval_print(t, _SURVEY % (_CHUNK, root + _FIRMWARE_DIR, paths))
+    send, stale = plan(local, remote, listing, root, force)
+
+    _make_dirs(t, root, send)
+    total = sum(len(local[rel][0]) for rel in send)
+    sent = []
+    with Progress(f"deploy {board_name}", total) if send else _Quiet() as bar:
+        for rel in send:
+            data = local[rel][0]
+            base = bar.done
+            _write(t, root + rel, data, lambda n, _total, base=base: bar.update(base + n))
+            sent.append((rel, len(data)))
+    if stale:
+        t.exec("import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % stale)
+    if reset:
+        _reset(t, platform)
+    return Result(board_name, root, sent, len(local) - len(send), stale)
 
 
 class _Quiet:

@@ -197,6 +197,10 @@ def flash_esp32(info, args):
         esptool.reset_chip(esp, "hard-reset")
     except FatalError as e:
         raise ToolError(f"esptool: {e}; press RST on the board and try again") from None
+    except (serial.SerialException, OSError) as e:
+        raise ToolError(
+            f"lost the board on {args.port} ({e}); check the cable, then run flash again"
+        ) from None
     finally:
         esp._port.close()
     print(
