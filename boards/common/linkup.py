@@ -98,7 +98,10 @@ class Link:
             import network
 
             # Set before the interface starts so that the DHCP request carries the name.
-            network.hostname(s["hostname"])
+            try:
+                network.hostname(s["hostname"])
+            except (ValueError, OSError, AttributeError) as e:  # no name is no reason to stay off
+                self.log.warn("net", "host name %r not set: %s" % (s["hostname"], e))
             self.nic = self._interface()
         nic = self.nic
         nic.active(True)
