@@ -45,7 +45,9 @@ class Relay:
         if console:
             from . import console as _console
 
-            _console.start(self, getattr(self.board, "CONSOLE_ECHO", False))
+            # A board's serial line has no terminal driver to echo what a person types.
+            echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
+            _console.start(self, echo)
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
