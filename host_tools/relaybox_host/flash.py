@@ -196,7 +196,10 @@ def flash_esp32(info, args):
             esptool.write_flash(esp, [(off, str(path)) for off, path in writes])
         esptool.reset_chip(esp, "hard-reset")
     except FatalError as e:
-        raise ToolError(f"esptool: {e}; press RST on the board and try again") from None
+        raise ToolError(
+            f"esptool: {e}; press RST on the board and try again, with --baud 115200 if "
+            "the USB-serial adapter is slow"
+        ) from None
     except (serial.SerialException, OSError) as e:
         raise ToolError(
             f"lost the board on {args.port} ({e}); check the cable, then run flash again"
