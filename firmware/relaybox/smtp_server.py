@@ -13,7 +13,7 @@ from .spool import is_full
 # line may carry one octet more on the wire.
 _MAX_LINE = const(1000)
 _MAX_DATA_LINE = const(1001)
-_BUF_SIZE = const(2048)
+_BUF_SIZE = const(1024)  # one longest line (1001) and a little more
 _MAX_PATH = const(256)  # RFC 5321 section 4.5.3.1.3
 # Flash kept free for delivery state and the filesystem's own blocks.
 _RESERVE = const(32768)

@@ -15,7 +15,7 @@ from binascii import hexlify
 from micropython import const
 
 _MAGIC = b"RBX1\n"
-_OUT_SIZE = const(2048)
+_OUT_SIZE = const(512)  # batches short lines into fewer flash writes
 _MAX_ENV_LINE = const(600)
 _ENOENT = const(2)
 _ENOSPC = const(28)

@@ -25,6 +25,9 @@ DEFAULT_CONFIG = {
 
 
 def micropython_exe():
+    # Another build of the unix port (a 32-bit one, say) can be tried with this variable.
+    if os.environ.get("RELAYBOX_MICROPYTHON"):
+        return os.environ["RELAYBOX_MICROPYTHON"]
     exe = Path(sys.executable).with_name("micropython")
     if exe.exists():
         return str(exe)
