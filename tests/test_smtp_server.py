@@ -327,3 +327,23 @@ def test_client_outside_allow_list_is_refused(relay_factory):
     c = relay.connect()
     assert c.reply() == R["ACCESS_DENIED"].format("127.0.0.1").encode()
     assert c.closed()
+
+
+def test_pipelining_client_that_never_reads(relay_factory):
+    """Commands sent without ever reading a reply must not pile replies up in RAM."""
+    relay = relay_factory(heap="128K", idle_timeout=3)
+    flood = relay.connect()
+    flood.sock.settimeout(1)
+    sent = 0
+    try:
+        while sent < 64 * 1024 * 1024:
+            flood.sock.sendall(b"NOOP\r\n" * 10000)
+            sent += 60000
+    except OSError:
+        pass  # the relay stopped reading once its replies backed up: that is the point
+    assert sent > 0
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    relay.wait_log("idle timeout", timeout=15)
+    assert relay.proc.poll() is None
+    assert "MemoryError" not in relay.log()

@@ -144,9 +144,9 @@ class Session:
 
     async def reply(self, data):
         self.stream.write(data)
-        # RFC 2920: replies to a pipelined group may go out together.
-        if not self.reader.pending():
-            await self.stream.drain()
+        # Always drain: a client that pipelines without reading its replies must wait for
+        # its socket, not grow our output buffer.
+        await self.stream.drain()
 
     async def run(self):
         srv = self.server
