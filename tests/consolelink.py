@@ -71,7 +71,8 @@ class PtyRelay(Relay):
         return self.pair.host
 
     def start(self, timeout=20):
-        self.pair = PtyPair(self.folder)
+        """Start (or after a kill, start again) the firmware on the pair's board end."""
+        self.pair = self.pair or PtyPair(self.folder)
         fd = os.open(self.pair.board, os.O_RDWR | os.O_NOCTTY)
         if self.via_run:
             cmd, env = [RELAYBOX, "run", "--config", str(self.config_path)], None
@@ -98,6 +99,17 @@ class PtyRelay(Relay):
                     raise
                 time.sleep(0.2)
 
+    def firmware_pid(self):
+        """The pid of the micropython process (under `relaybox run`, its child)."""
+        if not self.via_run:
+            return self.proc.pid
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM if self.via_run else signal.SIGINT)
@@ -113,8 +125,8 @@ class PtyRelay(Relay):
     def saved(self):
         return json.loads(self.config_path.read_text())
 
-    def relaybox(self, *args, stdin=subprocess.DEVNULL, timeout=30, port=None):
-        return relaybox(*args, "--port", port or self.tty, stdin=stdin, timeout=timeout)
+    def relaybox(self, *args, input=None, timeout=30, port=None):
+        return relaybox(*args, "--port", port or self.tty, input=input, timeout=timeout)
 
     def ok(self, *args, **kw):
         """Run a command that must succeed; return its stdout."""
@@ -126,9 +138,15 @@ class PtyRelay(Relay):
         return json.loads(self.ok(*args, "--json"))
 
 
-def relaybox(*args, stdin=subprocess.DEVNULL, timeout=30):
+def relaybox(*args, input=None, timeout=30):
+    """Run the installed command; stdin is `input` (text) or nothing."""
     return subprocess.run(
-        [RELAYBOX, *args], stdin=stdin, capture_output=True, text=True, timeout=timeout
+        [RELAYBOX, *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
