@@ -150,7 +150,7 @@ class Console:
             if end >= 0:
                 line = bytes(self._buf[:end]).rstrip(b"\r")
                 del self._buf[: end + 1]
-                if self._skipping:
+                if self._skipping or end > MAX_LINE:
                     self._skipping = False
                     continue
                 return line

@@ -101,19 +101,22 @@ def cmd_console(args):
 
 
 def _type_lines(console, screen, interactive):
-    hide_next = False
+    hide = False
     while not screen.error:
-        # Give the board a moment to print a prompt for the line we are about to read.
-        time.sleep(0.05)
-        secret = interactive and (hide_next or screen.asks_secret())
-        line = _read_hidden() if secret else sys.stdin.readline()
+        line = _read_hidden() if hide else sys.stdin.readline()
         if not line:
             return
         line = line.rstrip("\r\n")
+        console.write(line.encode() + b"\n")
+        if not interactive:
+            continue
+        # `set SECRET` alone makes the board ask for the value: hide it from the start.
         m = _SET_SECRET.match(line)
-        hide_next = bool(m and m.group(1) in SECRET_KEYS)
-        # CR LF: CR ends the line for a plain MicroPython REPL too; relaybox takes either.
-        console.write(line.encode() + b"\r\n")
+        hide = bool(m and m.group(1) in SECRET_KEYS)
+        if not hide:
+            # Give the board a moment to show any other prompt for a secret.
+            time.sleep(0.05)
+            hide = screen.asks_secret()
 
 
 def _read_hidden():
