@@ -50,6 +50,11 @@ class Delivery:
         """New mail was queued: look at the queue now (backoff still applies)."""
         self._wake.set()
 
+    def retry_now(self):
+        """The owner asked for a retry (and may have fixed the cause): skip the backoff."""
+        self._session_next = 0
+        self._wake.set()
+
     def status(self):
         """What the console shows about delivery."""
         return {
@@ -249,7 +254,7 @@ class Delivery:
             return self._to_dead(id, env, "gave up after %d s: %s" % (self.max_age, why), st)
         n = st.get("attempts", 0) + 1
         step = self.schedule[min(n - 1, len(self.schedule) - 1)]
-        st.update({"attempts": n, "next": now + step, "last": why, "rcpts": rcpts})
+        st.update({"attempts": n, "next": now + step, "error": why, "rcpts": rcpts})
         self.spool.set_state(id, st)
         log.warn(_SUB, "id=%s deferred (%s), retry in %d s" % (id, why, step))
         return 1
