@@ -125,8 +125,8 @@ class PtyRelay(Relay):
     def saved(self):
         return json.loads(self.config_path.read_text())
 
-    def relaybox(self, *args, input=None, timeout=30, port=None):
-        return relaybox(*args, "--port", port or self.tty, input=input, timeout=timeout)
+    def relaybox(self, *args, input=None, timeout=30, port=None, env=None):
+        return relaybox(*args, "--port", port or self.tty, input=input, timeout=timeout, env=env)
 
     def ok(self, *args, **kw):
         """Run a command that must succeed; return its stdout."""
@@ -138,10 +138,11 @@ class PtyRelay(Relay):
         return json.loads(self.ok(*args, "--json"))
 
 
-def relaybox(*args, input=None, timeout=30):
+def relaybox(*args, input=None, timeout=30, env=None):
     """Run the installed command; stdin is `input` (text) or nothing."""
     return subprocess.run(
         [RELAYBOX, *args],
+        env=None if env is None else dict(os.environ, **env),
         input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
         capture_output=True,

@@ -3,11 +3,11 @@
 import argparse
 import sys
 
-from . import __version__, deploy, flash, image, remote, run, terminal
+from . import __version__, deploy, flash, image, remote, run, terminal, trust
 from .errors import ToolError
 
 # Each module adds its own subcommands; keep one line per module.
-MODULES = [run, image, flash, deploy, remote, terminal]
+MODULES = [run, image, flash, deploy, remote, terminal, trust]
 
 
 def parser():

@@ -1,0 +1,255 @@
+"""`relaybox trust HOST:PORT`: fetch a submission server's certificates, show them, and
+install the CA they chain to on the board as upstream.ca.
+
+Which CA: when this computer's trust store verifies the server, its root (the end of the
+verified chain) is installed, even though servers rarely send it: a root outlives the
+intermediates, which providers rotate and may pick from at random on each renewal. When
+this computer cannot verify the server (a private CA, a self-signed server), the last
+certificate the server sent is installed: the private root, or the self-signed
+certificate itself. The board then accepts exactly the servers that CA vouches for.
+"""
+
+import smtplib
+import socket
+import ssl
+import sys
+from collections import namedtuple
+from datetime import datetime, timedelta, timezone
+
+from . import serialconn
+from .errors import ToolError
+from .remote import connection_options, session
+
+_IMPLICIT_PORTS = (465,)
+#: Warn when the CA to install has less time left than this.
+_EXPIRY_WARNING = timedelta(days=30)
+
+Probe = namedtuple("Probe", "sent verified tls_version")
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "trust",
+        parents=[connection_options()],
+        help="install the CA of an upstream server on the board (upstream.ca)",
+        description="Connects to HOST:PORT from this computer, shows the certificate chain, "
+        "and after confirmation installs the CA on the board and saves the config.",
+    )
+    p.add_argument(
+        "server", metavar="HOST:PORT", help="the submission server, e.g. smtp.example.net:465"
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--starttls",
+        dest="tls",
+        action="store_const",
+        const="starttls",
+        help="plain SMTP, then STARTTLS (default except on port 465)",
+    )
+    mode.add_argument(
+        "--implicit",
+        dest="tls",
+        action="store_const",
+        const="implicit",
+        help="TLS from the first byte (default on port 465)",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="install without asking")
+    p.set_defaults(func=cmd_trust)
+
+
+def split_server(text):
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ToolError(f"give the server as HOST:PORT, e.g. smtp.example.net:587 (not {text!r})")
+    return host, int(port)
+
+
+def cmd_trust(args):
+    host, port = split_server(args.server)
+    tls = args.tls or ("implicit" if port in _IMPLICIT_PORTS else "starttls")
+    probe = fetch_chain(host, port, tls, args.timeout)
+    certs = [_load(der) for der in probe.sent]
+    print(f"{host}:{port} ({tls} TLS, {probe.tls_version}) sent {len(certs)} certificate(s):")
+    for i, cert in enumerate(certs):
+        print(describe(cert, f"{i}"))
+    if probe.verified:
+        ca = _load(probe.verified[-1])
+        print(f"\nthis computer trusts this chain up to its root:\n{describe(ca, 'CA')}")
+    else:
+        ca = certs[-1]
+        print(
+            "\nthis computer does NOT trust this server: compare the fingerprint below with "
+            "one from the provider before you install it"
+        )
+        if not _self_signed(ca):
+            print(
+                "the server did not send its root; the last certificate it sent will be "
+                "trusted on its own, and must be installed again when the server changes it"
+            )
+        print(describe(ca, "CA"))
+    _warn_expiry(ca)
+    if not _names_match(certs[0], host):
+        print(f"warning: the server's certificate is not for {host}; the board will refuse it")
+    if not args.yes and not _confirm(
+        f"install this CA on the board at {args.port} as upstream.ca?"
+    ):
+        print("nothing installed")
+        return 1
+    pem = ssl.DER_cert_to_PEM_cert(ca.public_bytes(_der_encoding()))
+    with session(args) as c:
+        try:
+            put = c.request("put_ca", pem)
+            saved = c.request("save")
+            board_host = c.request("get", "upstream.host").get("value")
+        except serialconn.ConsoleError as e:
+            raise ToolError(f"the board did not take the CA: {e}") from None
+    print(f"installed as {put.get('path')} (upstream.ca) and saved in {saved.get('path')}")
+    if board_host != host:
+        print(
+            f"note: the board's upstream.host is {board_host}; set it with "
+            f"`relaybox config set upstream.host {host}`"
+        )
+    return 0
+
+
+def fetch_chain(host, port, tls, timeout):
+    """The certificates the server sends, and the chain this computer verifies (or None)."""
+    try:
+        sock = _handshake(host, port, tls, timeout, ssl.create_default_context())
+        verified = _chain(sock, verified=True)
+    except ssl.SSLCertVerificationError:
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+        sock = _handshake(host, port, tls, timeout, unverified)
+        verified = None
+    try:
+        return Probe(_chain(sock, verified=False), verified, sock.version())
+    finally:
+        sock.close()
+
+
+def _handshake(host, port, tls, timeout, ctx):
+    try:
+        if tls == "implicit":
+            raw = socket.create_connection((host, port), timeout=timeout)
+            return ctx.wrap_socket(raw, server_hostname=host)
+        smtp = smtplib.SMTP(host, port, local_hostname="relaybox-trust", timeout=timeout)
+        try:
+            smtp.ehlo()
+            smtp.starttls(context=ctx)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp.sock
+    except ssl.SSLCertVerificationError:
+        raise
+    except smtplib.SMTPNotSupportedError:
+        raise ToolError(f"{host}:{port} does not offer STARTTLS; try --implicit") from None
+    except (smtplib.SMTPException, ssl.SSLError) as e:
+        hint = (
+            " (is it implicit TLS? try --implicit)"
+            if tls == "starttls"
+            else (" (does it want STARTTLS? try --starttls)")
+        )
+        raise ToolError(f"TLS with {host}:{port} failed: {_why(e)}{hint}") from None
+    except OSError as e:
+        raise ToolError(f"cannot connect to {host}:{port} ({_why(e)})") from None
+
+
+def _why(e):
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _chain(sock, verified):
+    """DER certificates, leaf first: what the server sent, or the chain verified here."""
+    if hasattr(sock, "get_unverified_chain"):  # public from Python 3.13
+        ders = sock.get_verified_chain() if verified else sock.get_unverified_chain()
+        return [bytes(d) for d in ders]
+    # 3.10 to 3.12 have the same calls on the internal object only.
+    obj = sock._sslobj
+    certs = obj.get_verified_chain() if verified else obj.get_unverified_chain()
+    return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in certs]
+
+
+def _load(der):
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der)
+
+
+def _der_encoding():
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return Encoding.DER
+
+
+def fingerprint(cert):
+    from cryptography.hazmat.primitives import hashes
+
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def describe(cert, label):
+    lines = [
+        ("subject", cert.subject.rfc4514_string()),
+        (
+            "issuer",
+            cert.issuer.rfc4514_string() + ("  (self-signed)" if _self_signed(cert) else ""),
+        ),
+        ("valid", f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}"),
+        ("sha256", fingerprint(cert)),
+    ]
+    return "\n".join(
+        f"  {(label if i == 0 else '').ljust(len(label))}  {k:8} {v}"
+        for i, (k, v) in enumerate(lines)
+    )
+
+
+def _self_signed(cert):
+    if cert.subject != cert.issuer:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # a name match without a matching signature is not self-signed
+        return False
+    return True
+
+
+def _names_match(cert, host):
+    """Whether the leaf names `host`, checked here so that a mistake shows before install."""
+    import ipaddress
+
+    from cryptography import x509
+
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in san.get_values_for_type(x509.IPAddress)
+    for name in san.get_values_for_type(x509.DNSName):
+        name = name.lower()
+        h = host.lower()
+        if name == h or (name.startswith("*.") and h.partition(".")[2] == name[2:]):
+            return True
+    return False
+
+
+def _warn_expiry(cert):
+    left = cert.not_valid_after_utc - datetime.now(timezone.utc)
+    if left < timedelta(0):
+        print("warning: this CA has expired; the board will refuse the server")
+    elif left < _EXPIRY_WARNING:
+        print(f"warning: this CA expires in {left.days} days")
+
+
+def _confirm(question):
+    if not sys.stdin.isatty():
+        raise ToolError("not a terminal, so nobody can confirm: check the output, then add --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
