@@ -163,5 +163,6 @@ def test_wrong_mode_and_unreachable_servers(certs):
     assert r.stderr.startswith(f"relaybox: cannot connect to 127.0.0.1:{port} ("), r.stderr
     r = relaybox("trust", "smtp.example.net", "--yes")
     assert r.stderr == (
-        "relaybox: give the server as HOST:PORT, e.g. smtp.example.net:587 (not 'smtp.example.net')\n"
+        "relaybox: give the server as HOST:PORT, e.g. smtp.example.net:587 "
+        "(not 'smtp.example.net')\n"
     )
