@@ -134,8 +134,8 @@ class PtyRelay(Relay):
         assert r.returncode == 0, f"relaybox {' '.join(args)} failed:\n{r.stderr}\n{r.stdout}"
         return r.stdout
 
-    def json(self, *args):
-        return json.loads(self.ok(*args, "--json"))
+    def json(self, *args, **kw):
+        return json.loads(self.ok(*args, "--json", **kw))
 
 
 def relaybox(*args, input=None, timeout=30, env=None):

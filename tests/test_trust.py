@@ -117,6 +117,16 @@ def test_implicit_verified_installs_the_root(certs, boards):
         assert "sent 2 certificate(s)" in out and "trusts this chain up to its root" in out, out
         assert _ca_shown(out) == (root.subject.rfc4514_string(), _fp(root)), out
         assert _installed(board) == root
+        report = board.json(
+            "trust",
+            f"localhost:{up.port}",
+            "--implicit",
+            "--yes",
+            env={"SSL_CERT_FILE": certs.root_pem},
+        )
+        assert report["verified_here"] is True and report["ca"]["sha256"] == _fp(root), report
+        assert [c["self_signed"] for c in report["sent"]] == [False, False], report
+        assert report["installed"] == "upstream-ca.pem" and report["warnings"] == [], report
         board.ok("send-test", "bob@example.org")
         wait_for(lambda: up.messages, "the test message upstream", timeout=30)
 
@@ -151,7 +161,9 @@ def test_wrong_mode_and_unreachable_servers(certs):
             timeout=60,
         )
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r
-        assert r.stderr.startswith("relaybox: ") and "try --implicit" in r.stderr, r.stderr
+        assert r.stderr.startswith("relaybox: ") and "does it want --implicit?" in r.stderr, (
+            r.stderr
+        )
     with Upstream(certs, "plain") as up:
         r = relaybox("trust", f"localhost:{up.port}", "--yes")
         assert (

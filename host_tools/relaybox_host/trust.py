@@ -9,6 +9,7 @@ certificate the server sent is installed: the private root, or the self-signed
 certificate itself. The board then accepts exactly the servers that CA vouches for.
 """
 
+import json
 import smtplib
 import socket
 import ssl
@@ -68,29 +69,32 @@ def split_server(text):
 def cmd_trust(args):
     host, port = split_server(args.server)
     tls = args.tls or ("implicit" if port in _IMPLICIT_PORTS else "starttls")
+    if args.json and not args.yes:
+        raise ToolError("--json prints no question to answer: add --yes")
+    say = (lambda *a: None) if args.json else print
     probe = fetch_chain(host, port, tls, args.timeout)
     certs = [_load(der) for der in probe.sent]
-    print(f"{host}:{port} ({tls} TLS, {probe.tls_version}) sent {len(certs)} certificate(s):")
+    say(f"{host}:{port} ({tls} TLS, {probe.tls_version}) sent {len(certs)} certificate(s):")
     for i, cert in enumerate(certs):
-        print(describe(cert, f"{i}"))
+        say(describe(cert, f"{i}"))
     if probe.verified:
         ca = _load(probe.verified[-1])
-        print(f"\nthis computer trusts this chain up to its root:\n{describe(ca, 'CA')}")
+        say(f"\nthis computer trusts this chain up to its root:\n{describe(ca, 'CA')}")
     else:
         ca = certs[-1]
-        print(
+        say(
             "\nthis computer does NOT trust this server: compare the fingerprint below with "
             "one from the provider before you install it"
         )
         if not _self_signed(ca):
-            print(
+            say(
                 "the server did not send its root; the last certificate it sent will be "
                 "trusted on its own, and must be installed again when the server changes it"
             )
-        print(describe(ca, "CA"))
-    _warn_expiry(ca)
-    if not _names_match(certs[0], host):
-        print(f"warning: the server's certificate is not for {host}; the board will refuse it")
+        say(describe(ca, "CA"))
+    warnings = _warnings(ca, certs[0], host)
+    for w in warnings:
+        say(f"warning: {w}")
     if not args.yes and not _confirm(
         f"install this CA on the board at {args.port} as upstream.ca?"
     ):
@@ -104,12 +108,25 @@ def cmd_trust(args):
             board_host = c.request("get", "upstream.host").get("value")
         except serialconn.ConsoleError as e:
             raise ToolError(f"the board did not take the CA: {e}") from None
-    print(f"installed as {put.get('path')} (upstream.ca) and saved in {saved.get('path')}")
+    say(f"installed as {put.get('path')} (upstream.ca) and saved in {saved.get('path')}")
     if board_host != host:
-        print(
+        say(
             f"note: the board's upstream.host is {board_host}; set it with "
             f"`relaybox config set upstream.host {host}`"
         )
+    if args.json:
+        report = {
+            "server": f"{host}:{port}",
+            "tls": tls,
+            "sent": [summary(c) for c in certs],
+            "verified_here": probe.verified is not None,
+            "ca": summary(ca),
+            "warnings": warnings,
+            "installed": put.get("path"),
+            "saved": saved.get("path"),
+            "board_upstream_host": board_host,
+        }
+        print(json.dumps(report, indent=2))
     return 0
 
 
@@ -131,10 +148,16 @@ def fetch_chain(host, port, tls, timeout):
 
 
 def _handshake(host, port, tls, timeout, ctx):
+    """A TLS socket to the server, after EHLO and STARTTLS when tls is "starttls"."""
+    other = "--implicit" if tls == "starttls" else "--starttls"
     try:
         if tls == "implicit":
             raw = socket.create_connection((host, port), timeout=timeout)
-            return ctx.wrap_socket(raw, server_hostname=host)
+            try:
+                return ctx.wrap_socket(raw, server_hostname=host)
+            except BaseException:
+                raw.close()
+                raise
         smtp = smtplib.SMTP(host, port, local_hostname="relaybox-trust", timeout=timeout)
         try:
             smtp.ehlo()
@@ -144,16 +167,13 @@ def _handshake(host, port, tls, timeout, ctx):
             raise
         return smtp.sock
     except ssl.SSLCertVerificationError:
-        raise
+        raise  # the caller looks again without verifying
     except smtplib.SMTPNotSupportedError:
         raise ToolError(f"{host}:{port} does not offer STARTTLS; try --implicit") from None
-    except (smtplib.SMTPException, ssl.SSLError) as e:
-        hint = (
-            " (is it implicit TLS? try --implicit)"
-            if tls == "starttls"
-            else (" (does it want STARTTLS? try --starttls)")
-        )
-        raise ToolError(f"TLS with {host}:{port} failed: {_why(e)}{hint}") from None
+    except (smtplib.SMTPException, ssl.SSLError, TimeoutError) as e:
+        raise ToolError(
+            f"{tls} TLS with {host}:{port} failed ({_why(e)}); does it want {other}?"
+        ) from None
     except OSError as e:
         raise ToolError(f"cannot connect to {host}:{port} ({_why(e)})") from None
 
@@ -191,19 +211,29 @@ def fingerprint(cert):
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
+def summary(cert):
+    """The facts a person compares before trusting a certificate."""
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "self_signed": _self_signed(cert),
+        "not_before": f"{cert.not_valid_before_utc:%Y-%m-%d}",
+        "not_after": f"{cert.not_valid_after_utc:%Y-%m-%d}",
+        "sha256": fingerprint(cert),
+    }
+
+
 def describe(cert, label):
-    lines = [
-        ("subject", cert.subject.rfc4514_string()),
-        (
-            "issuer",
-            cert.issuer.rfc4514_string() + ("  (self-signed)" if _self_signed(cert) else ""),
-        ),
-        ("valid", f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}"),
-        ("sha256", fingerprint(cert)),
+    s = summary(cert)
+    rows = [
+        ("subject", s["subject"]),
+        ("issuer", s["issuer"] + ("  (self-signed)" if s["self_signed"] else "")),
+        ("valid", f"{s['not_before']} to {s['not_after']}"),
+        ("sha256", s["sha256"]),
     ]
     return "\n".join(
         f"  {(label if i == 0 else '').ljust(len(label))}  {k:8} {v}"
-        for i, (k, v) in enumerate(lines)
+        for i, (k, v) in enumerate(rows)
     )
 
 
@@ -241,12 +271,16 @@ def _names_match(cert, host):
     return False
 
 
-def _warn_expiry(cert):
-    left = cert.not_valid_after_utc - datetime.now(timezone.utc)
+def _warnings(ca, leaf, host):
+    found = []
+    left = ca.not_valid_after_utc - datetime.now(timezone.utc)
     if left < timedelta(0):
-        print("warning: this CA has expired; the board will refuse the server")
+        found.append("this CA has expired; the board will refuse the server")
     elif left < _EXPIRY_WARNING:
-        print(f"warning: this CA expires in {left.days} days")
+        found.append(f"this CA expires in {left.days} days")
+    if not _names_match(leaf, host):
+        found.append(f"the server's certificate is not for {host}; the board will refuse it")
+    return found
 
 
 def _confirm(question):
