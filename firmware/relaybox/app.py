@@ -165,7 +165,7 @@ class Relay:
         """Install the CA the upstream certificate must chain to (from `relaybox trust`)."""
         from .tlsconn import TLSError, client_context
 
-        path = self.cfg.folder + "/" + _CA_FILE
+        path = self.cfg.folder.rstrip("/") + "/" + _CA_FILE
         with open(path + ".tmp", "w") as f:
             f.write(pem)
         try:

@@ -277,7 +277,7 @@ class Config:
         p = self.get(key)
         if p is None or p.startswith("/"):
             return p
-        return self.folder + "/" + p
+        return self.folder.rstrip("/") + "/" + p
 
     def upstream(self):
         """The upstream settings with defaults filled in, or None when not configured."""
