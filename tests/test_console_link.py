@@ -273,3 +273,35 @@ def _save_forever(ser, round, written, stop):
         except serial.SerialTimeoutException:
             return
         i += 1
+
+
+def _usb(device, vid=None, pid=None, description="n/a"):
+    from serial.tools.list_ports_common import ListPortInfo
+
+    p = ListPortInfo(device, skip_link_detection=True)
+    p.vid, p.pid, p.description = vid, pid, description
+    return p
+
+
+def test_auto_port_picks_the_one_board(monkeypatch):
+    """USB enumeration is the one thing replaced here: CI has no boards plugged in."""
+    from serial.tools import list_ports
+
+    ports = [_usb("/dev/ttyS0"), _usb("/dev/ttyACM0", 0x2E8A, 0x0005, "Board in FS mode")]
+    monkeypatch.setattr(list_ports, "comports", lambda: ports)
+    assert serialconn.resolve("auto") == "/dev/ttyACM0"
+    ports.append(_usb("/dev/ttyUSB0", 0x10C4, 0xEA60, "CP2102 USB to UART"))
+    with pytest.raises(serialconn.ConsoleError) as e:
+        serialconn.resolve("auto")
+    assert str(e.value) == (
+        "several boards found: /dev/ttyACM0 (Raspberry Pi Board in FS mode), "
+        "/dev/ttyUSB0 (CP210x CP2102 USB to UART); choose one with --port"
+    )
+    del ports[1:]
+    with pytest.raises(serialconn.ConsoleError) as e:
+        serialconn.resolve("auto")
+    assert str(e.value) == (
+        "no MicroPython board found on USB; plug it in or give --port; "
+        "serial ports here: /dev/ttyS0"
+    )
+    assert serialconn.resolve("rfc2217://192.0.2.1:4000") == "rfc2217://192.0.2.1:4000"
