@@ -304,3 +304,26 @@ def test_connection_refused(certs, message):
     results, _ = drive(cfg, [one(message())])
     res = results[0]["open"]
     assert (res["stage"], res["code"], res["temporary"]) == ("connect", 0, True), res
+
+
+def test_pem_bundle_with_several_certificates(certs, message, tmp_path):
+    other = Certs(str(tmp_path))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(
+        b"# provider bundle\n"
+        + open(other.ca_pem, "rb").read()
+        + b"\n"
+        + open(certs.ca_pem, "rb").read().replace(b"\n", b"\r\n")
+    )
+    with Upstream(certs, "implicit") as up:
+        results, _ = drive(up.config(ca=str(bundle)), [one(message())])
+    assert results[1]["sent"][0][1] == 250
+
+
+def test_missing_ca_file(certs, message, tmp_path):
+    with Upstream(certs, "starttls") as up:
+        results, _ = drive(up.config(ca=str(tmp_path / "nope.pem")), [one(message())])
+    res = results[0]["open"]
+    assert (res["stage"], res["code"]) == ("tls", 0), res
+    assert res["text"].startswith("cannot read CA file "), res
+    assert up.handler.sessions == set()
