@@ -327,3 +327,44 @@ def test_missing_ca_file(certs, message, tmp_path):
     assert (res["stage"], res["code"]) == ("tls", 0), res
     assert res["text"].startswith("cannot read CA file "), res
     assert up.handler.sessions == set()
+
+
+def test_bytes_injected_before_tls_are_discarded(certs, message):
+    # A man in the middle appends a fake EHLO reply to the 220 for STARTTLS (the
+    # CVE-2011-0411 class). The client must not read it as the reply to its new EHLO.
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    seen = []
+
+    def serve():
+        conn, _ = listener.accept()
+        f = conn.makefile("rb")
+        conn.sendall(b"220 mitm.test ESMTP\r\n")
+        seen.append(f.readline())
+        conn.sendall(b"250-mitm.test\r\n250 STARTTLS\r\n")
+        seen.append(f.readline())
+        conn.sendall(b"220 go ahead\r\n250 FAKE-NO-AUTH\r\n")
+        tls = certs.server_context().wrap_socket(conn, server_side=True)
+        t = tls.makefile("rb")
+        seen.append(t.readline())
+        tls.sendall(b"250-mitm.test\r\n250 AUTH CRAM-MD5\r\n")
+        seen.append(t.readline())
+        tls.sendall(b"535 5.7.8 no\r\n")
+        tls.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    cfg = Upstream(certs).config(port=listener.getsockname()[1])
+    results, out = drive(cfg, [one(message())])
+    thread.join(10)
+    listener.close()
+    assert results[0]["open"]["stage"] == "auth" and results[0]["open"]["code"] == 535, results
+    assert seen == [
+        b"EHLO relay.lan\r\n",
+        b"STARTTLS\r\n",
+        b"EHLO relay.lan\r\n",
+        b"AUTH CRAM-MD5\r\n",
+    ]
+    assert "discarded 18 bytes sent before TLS" in out
