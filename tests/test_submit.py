@@ -332,7 +332,6 @@ def test_missing_ca_file(certs, message, tmp_path):
 def test_bytes_injected_before_tls_are_discarded(certs, message):
     # A man in the middle appends a fake EHLO reply to the 220 for STARTTLS (the
     # CVE-2011-0411 class). The client must not read it as the reply to its new EHLO.
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
