@@ -80,7 +80,11 @@ class Upstream:
 
     async def open(self):
         """Connect, secure, greet and authenticate; raises SubmitError."""
-        await self._guard(self._open())
+        try:
+            await self._guard(self._open())
+        except SubmitError:
+            await self.close()  # a refusal (535, no STARTTLS) still ends with QUIT
+            raise
         where = "%s:%d" % (self.host, self.port)
         how = ("as %s with %s" % (self.user, self.mechanism)) if self.mechanism else "without AUTH"
         self._info("session open to %s, TLS, %s" % (where, how))
@@ -165,8 +169,11 @@ class Upstream:
             sep = line[3:4]
             if len(code) != 3 or not code.isdigit() or sep not in (b" ", b"-", b""):
                 raise SubmitError(self._stage, 0, "malformed reply %r" % line[:40], True)
-            if len(lines) < _REPLY_LINES:
-                lines.append(_text(line[4:]))
+            if len(lines) == _REPLY_LINES:
+                raise SubmitError(
+                    self._stage, 0, "reply longer than %d lines" % _REPLY_LINES, True
+                )
+            lines.append(_text(line[4:]))
             if sep != b"-":
                 return int(code), "\n".join(lines)
 
