@@ -163,3 +163,26 @@ def test_ten_megabytes_with_256k_heap(relay_factory, certs):
     assert up.messages[0].data.endswith(body[-200:])
     assert len(up.messages[0].data) > len(body)
     print("10 MB: LAN->spool %.1f s, spool->upstream %.1f s" % (t1 - t0, t2 - t1))
+
+
+def test_recipients_judged_one_by_one(relay_factory, certs):
+    # Nobody accepted on the first try: the 4xx recipient is retried alone, the 5xx one is
+    # recorded, and the message ends in the dead letters once the retry went through.
+    plan = {
+        "rcpt": {
+            "later@example.org": ["450 4.2.0 Mailbox busy"],
+            "nobody@example.org": "550 5.1.1 No such user",
+        }
+    }
+    with Upstream(certs, "starttls", plan=plan) as up:
+        relay = relay_factory(upstream=upstream_cfg(up), admin="admin@example.net")
+        submit(relay, rcpts=["later@example.org", "nobody@example.org"])
+        relay.wait_log(r"deferred \(later@example.org: 450 4.2.0 Mailbox busy\)")
+        wait_for(lambda: len(up.messages) == 2, what="the retry and the notice", relay=relay)
+    notice, delivered = sorted(up.messages, key=lambda m: m.rcpts)
+    assert delivered.rcpts == ["later@example.org"]
+    assert notice.rcpts == ["admin@example.net"]
+    assert b"nobody@example.org: 550 5.1.1 No such user" in notice.data
+    (id,) = dead(relay)
+    state = json.loads((relay.spool / "dead" / (id + ".s")).read_text())
+    assert state["failed"] == [["nobody@example.org", 550, "5.1.1 No such user"]]

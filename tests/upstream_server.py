@@ -45,8 +45,9 @@ class Handler:
     """Records messages; `plan` scripts replies (each list is consumed in order).
 
     plan keys: "mail" and "data": lists of reply lines or None (accept); "rcpt": dict of
-    address -> reply line (every time); "drop_mid_data" / "drop_after_data": how many
-    times to hang up in the middle of DATA / after the final dot, before replying.
+    address -> reply line (every time) or list of lines (one per try); "drop_mid_data" /
+    "drop_after_data": how many times to hang up in the middle of DATA / after the final
+    dot, before replying.
     """
 
     def __init__(self, plan=None, users=None):
@@ -78,6 +79,8 @@ class Handler:
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         reply = self.plan.get("rcpt", {}).get(address)
+        if isinstance(reply, list):  # replies for successive attempts, then acceptance
+            reply = reply.pop(0) if reply else None
         if reply:
             return reply
         envelope.rcpt_tos.append(address)

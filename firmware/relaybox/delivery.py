@@ -208,15 +208,21 @@ class Delivery:
             return 1
         st = self.spool.state(id)
         rcpts = st.get("rcpts") or env.rcpts
-        f = self.spool.open_message(env)
+        try:
+            f = self.spool.open_message(env)
+        except OSError as e:  # dropped from the console meanwhile, or a flash error
+            log.error(_SUB, "id=%s cannot be opened: %r" % (id, e))
+            return 1
         try:
             src = rewrite.Outbound(f, self.sender, env.sender)
             results = await self.up.send(self.sender, rcpts, src, env.size + src.delta)
         except SubmitError as e:
-            results = [(r, e.code, e.text) for r in rcpts]
-            if e.code >= 500:
-                return self._refused(id, env, st, results, e)
-            return self._defer(id, env, st, rcpts, "%s %s %s" % (e.stage, e.code, e.text))
+            if e.results:
+                results = e.results  # every recipient refused: judge each one
+            elif e.code >= 500:
+                return self._refused(id, env, st, [(r, e.code, e.text) for r in rcpts], e)
+            else:
+                return self._defer(id, env, st, rcpts, "%s %s %s" % (e.stage, e.code, e.text))
         finally:
             f.close()
         later = [r for r, c, _ in results if 400 <= c < 500]

@@ -29,6 +29,7 @@ class SubmitError(Exception):
         self.code = code
         self.text = text
         self.temporary = temporary
+        self.results = None  # with stage "rcpt": [(rcpt, code, text)] when all were refused
 
 
 def _failure(stage, code, text):
@@ -351,7 +352,9 @@ class Upstream:
             temp = all(c < 500 for _, c, _ in results)
             code = max(c for _, c, _ in results) if results else 554
             text = "; ".join("%s: %d %s" % (r, c, t) for r, c, t in results)
-            raise SubmitError("rcpt", code, text, temp)
+            err = SubmitError("rcpt", code, text, temp)
+            err.results = results  # each recipient's own answer, for per-recipient retries
+            raise err
         if dcode != 250:
             raise _failure("data", dcode, dtext)
         return results
