@@ -186,3 +186,22 @@ def test_recipients_judged_one_by_one(relay_factory, certs):
     (id,) = dead(relay)
     state = json.loads((relay.spool / "dead" / (id + ".s")).read_text())
     assert state["failed"] == [["nobody@example.org", 550, "5.1.1 No such user"]]
+
+
+def test_too_old_to_retry_goes_to_dead_letters(relay_factory, certs):
+    # A message that arrived 2 days ago, with max_age 1 day and the upstream unreachable.
+    cfg = upstream_cfg(
+        Upstream(certs), port=free_port(), retry={"schedule": [60], "max_age": 86400}
+    )
+    relay = relay_factory(upstream=cfg, start=False)
+    q = relay.spool / "q"
+    q.mkdir(parents=True)
+    arrived = int(time.time()) - 2 * 86400
+    (q / "0000000100010001").write_bytes(
+        b"RBX1\nF printer@lan\nT bob@example.org\nA %d\nP 127.0.0.1\nH dev.lan\n\n" % arrived + MSG
+    )
+    relay.start()
+    relay.wait_log(r"id=0000000100010001 .*result=dead reason=not delivered within 86400 s")
+    assert relay.queued() == [] and dead(relay) == ["0000000100010001"]
+    state = json.loads((relay.spool / "dead" / "0000000100010001.s").read_text())
+    assert state["reason"].startswith("not delivered within 86400 s: connect: ")
