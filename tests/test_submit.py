@@ -249,6 +249,10 @@ def test_many_messages_in_one_session(certs, message, pipelining):
     assert [m.data for m in up.messages] == [BODY + b"n=%d\r\n" % i for i in range(20)]
     assert len(up.handler.sessions) == 1 and up.handler.rsets == 20
     assert len(up.handler.auth_attempts) == 1
+    pipelined = b"RCPT TO:<bob@example.org>\r\nDATA\r\n"
+    assert all((a == pipelined) == pipelining for a in up.handler.after_mail), (
+        up.handler.after_mail
+    )
     print("20 messages in one session: %.2f s" % elapsed)
 
 

@@ -56,6 +56,7 @@ class Handler:
         self.messages = []
         self.auth_attempts = []  # (mechanism, login, ok)
         self.rsets = 0
+        self.after_mail = []
         self.sessions = set()
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -75,6 +76,8 @@ class Handler:
             return reply
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        # What the client sent after MAIL before hearing its reply: the pipelined rest.
+        self.after_mail.append(bytes(server._reader._buffer))
         return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, options):
