@@ -366,10 +366,16 @@ class Upstream:
         inmv, outmv = memoryview(inb), memoryview(out)
         at_bol = True  # the next byte starts a line
         last = b"\r\n"  # the last two bytes sent, to know whether a CRLF is missing at the end
+        o = 0  # stuffed bytes in `out` not written yet
         while True:
             n = src.readinto(inb)
             if not n:
                 break
+            # Each chunk goes out only once the next read shows it is not the last, so the
+            # last one leaves together with the final dot: a lone small write would wait
+            # for the peer's delayed ACK (Nagle), some 40 ms per message.
+            if o:
+                await self.conn.write(outmv[:o])
             o = 0
             pos = 0
             if at_bol and inb[0] == _DOT:
@@ -388,9 +394,9 @@ class Upstream:
                 pos = end
             at_bol = inb[n - 1] == _NL
             last = bytes(outmv[o - 2 : o]) if o >= 2 else last[1:] + bytes(outmv[:o])
-            await self.conn.write(outmv[:o])
         tail = b".\r\n" if last == b"\r\n" else b"\r\n.\r\n"
-        await self.conn.write(tail)
+        outmv[o : o + len(tail)] = tail
+        await self.conn.write(outmv[: o + len(tail)])
 
 
 def _text(raw):
