@@ -16,10 +16,6 @@ _SUB = "delivery"
 _SCAN = const(100)  # oldest queued messages looked at per round; one session takes them all
 
 
-def _ago(t):
-    return "%s" % clock.rfc5322_date(t) if t else "-"
-
-
 class Delivery:
     """Owns the upstream session; the console reads status(), the LAN server calls wake()."""
 
@@ -65,7 +61,7 @@ class Delivery:
             "mechanism": self.up.mechanism,
             "last_error": self.last_error,
             "last_result": self.last_result,
-            "next_attempt": _ago(self.next_attempt) if self.next_attempt else None,
+            "next_attempt": clock.rfc5322_date(self.next_attempt) if self.next_attempt else None,
             "queued": self.spool.count(),
             "delivered": self.delivered,
             "dead": self.dead,

@@ -13,7 +13,6 @@ _DATA_WAIT = const(600)  # seconds for the reply to the final dot (RFC 5321 §4.
 _QUIT_WAIT = const(5)
 _NL = const(10)
 _DOT = const(46)
-_CR = const(13)
 
 
 class SubmitError(Exception):
