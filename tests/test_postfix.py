@@ -8,6 +8,9 @@ Without Postfix the test is skipped locally and fails in CI (CI=true).
 
 import os
 import shutil
+import smtplib
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -147,7 +150,7 @@ class Postfix:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with __import__("socket").create_connection(("127.0.0.1", self.port), 1):
+                with socket.create_connection(("127.0.0.1", self.port), 1):
                     return self
             except OSError:
                 time.sleep(0.1)
@@ -188,9 +191,14 @@ def wait_for(pred, timeout, what, log):
 
 
 def test_relay_through_postfix_with_cram_md5(postfix, relay_factory):
-    import smtplib
-
     pf, sink = postfix
+    # The server as configured: AUTH is offered only inside TLS, and only CRAM-MD5.
+    with smtplib.SMTP("127.0.0.1", pf.port, timeout=10) as s:
+        s.ehlo()
+        assert not s.has_extn("auth") and s.has_extn("starttls")
+        s.starttls(context=ssl.create_default_context(cafile=pf.certs.ca_pem))
+        s.ehlo()
+        assert s.esmtp_features["auth"].split() == ["CRAM-MD5"]
     upstream = {
         "host": "localhost",
         "port": pf.port,
@@ -217,8 +225,6 @@ def test_relay_through_postfix_with_cram_md5(postfix, relay_factory):
 
 
 def test_postfix_refuses_wrong_password(postfix, relay_factory):
-    import smtplib
-
     pf, sink = postfix
     upstream = {
         "host": "localhost",
