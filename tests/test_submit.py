@@ -371,3 +371,17 @@ def test_bytes_injected_before_tls_are_discarded(certs, message):
         b"AUTH CRAM-MD5\r\n",
     ]
     assert "discarded 18 bytes sent before TLS" in out
+
+
+def test_port_and_tls_mode_mixed_up(certs, message):
+    # Implicit TLS against a STARTTLS port: the server's plain greeting is no handshake.
+    with Upstream(certs, "starttls") as up:
+        results, _ = drive(up.config(tls="implicit"), [one(message())])
+    res = results[0]["open"]
+    assert (res["stage"], res["code"], res["temporary"]) == ("tls", 0, True), res
+    # STARTTLS against an implicit-TLS port: no greeting comes before a handshake.
+    with Upstream(certs, "implicit") as up:
+        results, _ = drive(up.config(tls="starttls", timeout=2), [one(message())])
+    res = results[0]["open"]
+    assert (res["stage"], res["code"]) == ("connect", 0) and "timeout" in res["text"], res
+    assert up.handler.auth_attempts == []
