@@ -1,11 +1,13 @@
 """Header rewriting on the way out, run under MicroPython through small and large buffers."""
 
 import json
+import re
 
 import mpdriver
 import pytest
 
 SENDER = "alice@example.net"
+DATE = b"Date: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
 
 DRIVER = """
 import json
@@ -39,31 +41,35 @@ def rewritten(tmp_path, message, env_from="printer@lan", bufsize=7):
 
 @pytest.mark.parametrize("bufsize", [1, 7, 2048])
 def test_from_rewritten_original_kept_as_reply_to(tmp_path, bufsize):
-    msg = b"Received: x\r\nFrom: Printer <printer@lan>\r\nSubject: s\r\n\r\nFrom: body\r\n"
+    msg = (
+        b"Received: x\r\nFrom: Printer <printer@lan>\r\nSubject: s\r\n"
+        + DATE
+        + b"\r\nFrom: body\r\n"
+    )
     assert rewritten(tmp_path, msg, bufsize=bufsize) == (
         b"Received: x\r\n"
         b'From: "Printer" <alice@example.net>\r\n'
         b"Reply-To: Printer <printer@lan>\r\n"
         b"X-Original-From: Printer <printer@lan>\r\n"
-        b"Subject: s\r\n\r\nFrom: body\r\n"
+        b"Subject: s\r\n" + DATE + b"\r\nFrom: body\r\n"
     )
 
 
 def test_existing_reply_to_kept_and_folded_from(tmp_path):
     msg = (
         b'Reply-To: desk@lan\r\nFROM: "Scan \\"3\\"" (x)\r\n <scan@lan>\r\n'
-        b"Subject: s\r\n\r\nbody\r\n"
+        b"Subject: s\r\n" + DATE + b"\r\nbody\r\n"
     )
     assert rewritten(tmp_path, msg) == (
         b"Reply-To: desk@lan\r\n"
         b'From: "Scan \\"3\\" (x)" <alice@example.net>\r\n'
         b'X-Original-FROM: "Scan \\"3\\"" (x)\r\n <scan@lan>\r\n'
-        b"Subject: s\r\n\r\nbody\r\n"
+        b"Subject: s\r\n" + DATE + b"\r\nbody\r\n"
     )
 
 
 def test_bare_address_becomes_readable_name(tmp_path):
-    msg = b"From: nas@lan.home\r\n\r\nx\r\n"
+    msg = b"From: nas@lan.home\r\n" + DATE + b"\r\nx\r\n"
     assert rewritten(tmp_path, msg).startswith(
         b'From: "nas at lan.home" <alice@example.net>\r\nReply-To: nas@lan.home\r\n'
     )
@@ -76,7 +82,7 @@ def test_encoded_word_name_is_not_quoted(tmp_path):
 
 
 def test_from_already_the_sender_is_unchanged(tmp_path):
-    msg = b"From: Alice <Alice@Example.NET>\r\nSubject: s\r\n\r\nx\r\n"
+    msg = b"From: Alice <Alice@Example.NET>\r\nSubject: s\r\n" + DATE + b"\r\nx\r\n"
     assert rewritten(tmp_path, msg) == msg
 
 
@@ -92,7 +98,9 @@ def test_missing_from_is_added_with_envelope_sender_as_reply_to(tmp_path):
 
 
 def test_long_header_lines_and_body_pass_through(tmp_path):
-    msg = b"X-Long: " + b"a" * 3000 + b"\r\nFrom: p@lan\r\n\r\n" + b"b" * 5000 + b"\r\n"
+    msg = (
+        b"X-Long: " + b"a" * 3000 + b"\r\nFrom: p@lan\r\n" + DATE + b"\r\n" + b"b" * 5000 + b"\r\n"
+    )
     out = rewritten(tmp_path, msg, bufsize=2048)
     assert (
         out
@@ -100,8 +108,33 @@ def test_long_header_lines_and_body_pass_through(tmp_path):
         + b"a" * 3000
         + (
             b'\r\nFrom: "p at lan" <alice@example.net>\r\nReply-To: p@lan\r\n'
-            b"X-Original-From: p@lan\r\n\r\n"
+            b"X-Original-From: p@lan\r\n" + DATE + b"\r\n"
         )
         + b"b" * 5000
         + b"\r\n"
     )
+
+
+DATE_LINE = re.compile(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n")
+
+
+@pytest.mark.parametrize(
+    "msg, before",
+    [
+        (
+            b"From: cam@lan\r\nSubject: s\r\n\r\nx\r\n",
+            b'From: "cam at lan" <alice@example.net>\r\n',
+        ),
+        (b"From: <alice@example.net>\r\nSubject: s\r\n\r\nx\r\n", b"Subject: s\r\n"),
+        (b"Subject: s\r\n\r\nx\r\n", b"From: <alice@example.net>\r\n"),
+    ],
+    ids=["from rewritten", "from is the sender", "no from"],
+)
+def test_missing_date_is_added_on_the_way_out(tmp_path, msg, before):
+    """A message taken while a board's clock was unset has no Date: until it leaves."""
+    out = rewritten(tmp_path, msg)
+    m = DATE_LINE.search(out)
+    assert m, out
+    assert out.count(b"Date: ") == 1
+    assert out[: m.start()].endswith(before), out
+    assert out.endswith(b"\r\n\r\nx\r\n")

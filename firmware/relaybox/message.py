@@ -1,6 +1,6 @@
 # What the relay does to an incoming message while it streams to flash: a Received:
 # line on top, and Date: and Message-ID: when the device left them out (RFC 6409 s. 8).
-from .clock import rfc5322_date
+from .clock import clock_ok, rfc5322_date
 
 _CRLF = b"\r\n"
 _WSP = (0x20, 0x09)
@@ -36,7 +36,9 @@ class Inbound:
     def _end_header(self):
         self.in_header = False
         w = self.out.write
-        if not self.has_date:
+        # With the clock unset (a board before NTP) the date would say 2000; the message
+        # then gets its Date: on the way out, when delivery has set the clock.
+        if not self.has_date and clock_ok():
             w(b"Date: %s\r\n" % rfc5322_date().encode())
         if not self.has_msgid:
             w(b"Message-ID: <%s@%s>\r\n" % (self.msg_id.encode(), self.hostname.encode()))

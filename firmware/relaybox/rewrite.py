@@ -6,9 +6,15 @@ the message renamed X-Original-From:, and it becomes Reply-To: when the message 
 so that answers still reach the device's owner. A message whose From: already is the
 sender is sent unchanged. The spool copy is never modified: the change happens while the
 message streams out, through one bounded line buffer.
+
+A message without Date: gets one here. The LAN side adds Date: only while the clock is
+set; a board that took mail right after a power cut, before NTP answered, dates it on the
+way out instead of sending the year 2000.
 """
 
 from micropython import const
+
+from .clock import rfc5322_date
 
 _LINE = const(1000)  # RFC 5322 §2.1.1: 998 characters plus CRLF
 _HEADER_MAX = const(65536)  # past this the header is not parsed; the message goes as it is
@@ -102,6 +108,7 @@ class Outbound:
         from_value = b""
         in_from = False
         has_reply_to = False
+        has_date = False
         bol = True  # a readline piece that does not end in LF continues the same line
         while offset < _HEADER_MAX:
             line = f.readline(_LINE)
@@ -123,23 +130,31 @@ class Outbound:
                     from_value = line[line.find(b":") + 1 :]
                 elif name == b"reply-to":
                     has_reply_to = True
+                elif name == b"date":
+                    has_date = True
             elif in_from and len(from_value) < _FIELD_MAX:
                 from_value += line
             bol = line.endswith(b"\n")
         else:
             return  # a header this long is left alone
+        # Fields may stand in any order (RFC 5322 section 3.6), so whatever is added goes
+        # in at one place: where From: was, or else at the end of the header.
+        date = b"" if has_date else b"Date: " + rfc5322_date().encode() + b"\r\n"
         if from_at is None:
             # No From: at all (RFC 5322 wants one): add it before the end of the header.
             self.insert_at = offset
-            self.extra = b"From: <" + sender.encode() + b">\r\n"
+            self.extra = b"From: <" + sender.encode() + b">\r\n" + date
             if envelope_from and not has_reply_to:
                 self.extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
             return
         display, addr = parse_from(from_value)
         if addr.lower() == sender.encode().lower():
+            if date:
+                self.insert_at = offset
+                self.extra = date
             return
         self.insert_at = from_at
-        self.extra = from_header(display, addr, sender)
+        self.extra = from_header(display, addr, sender) + date
         if not has_reply_to:
             # The original field body, folding and all, is a valid Reply-To body.
             self.extra += b"Reply-To:" + from_value.rstrip(b"\r\n") + b"\r\n"
