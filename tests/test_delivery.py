@@ -113,6 +113,7 @@ def test_5xx_goes_to_dead_letters_and_admin_gets_notice(relay_factory, certs):
     assert notice.rcpts == ["admin@example.net"] and notice.mail_from == USER
     assert b"Subject: Undelivered mail " + id.encode() in notice.data
     assert b"Reason: refused: data 554 5.7.1 Spam detected" in notice.data
+    assert b"\r\nMessage-ID: <%s.notice@relaybox.test>\r\n" % id.encode() in notice.data
     relay.wait_log("id=%s .*result=dead" % id)
 
 

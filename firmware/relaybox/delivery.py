@@ -24,6 +24,7 @@ class Delivery:
         cfg = relay.cfg
         self.ucfg = cfg.upstream()
         self.admin = cfg.get("admin")
+        self.hostname = cfg.get("hostname")
         self.sender = self.ucfg["sender"] or self.ucfg["user"]
         self.schedule = self.ucfg["retry"]["schedule"] or [60]
         self.max_age = self.ucfg["retry"]["max_age"]
@@ -291,7 +292,7 @@ class Delivery:
         """Queue a short notice to the admin; it goes out like any other message."""
         body = (
             "From: relaybox <%s>\r\nTo: <%s>\r\nSubject: Undelivered mail %s\r\n"
-            "Date: %s\r\nAuto-Submitted: auto-replied\r\n"
+            "Date: %s\r\nMessage-ID: <%s.notice@%s>\r\nAuto-Submitted: auto-replied\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n\r\n"
             "The upstream server refused a message; it is kept in the dead letters.\r\n\r\n"
             "Id: %s\r\nFrom: %s\r\nTo: %s\r\nArrived: %s\r\nReason: %s\r\n"
@@ -300,6 +301,8 @@ class Delivery:
             self.admin,
             id,
             clock.rfc5322_date(),
+            id,
+            self.hostname,
             id,
             env.sender or "<>",
             ", ".join(env.rcpts),
