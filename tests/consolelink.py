@@ -6,14 +6,17 @@ volume between two commands small (a pty pair buffers some tens of KB before the
 prints block, as a USB-serial bridge nobody reads would not).
 """
 
+import fcntl
 import json
 import os
 import re
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -34,6 +37,10 @@ class PtyPair:
         self.host = str(Path(folder) / "host-tty")
         if not shutil.which("socat"):
             pytest.fail("socat is needed for the console tests (apt-get install socat)")
+        # A link left by an earlier pair may point at a pty number that is now reused.
+        for link in (self.board, self.host):
+            if os.path.lexists(link):
+                os.unlink(link)
         self.proc = subprocess.Popen(
             [
                 "socat",
@@ -46,6 +53,22 @@ class PtyPair:
         # One descriptor on each end for the pair's life: socat keeps the pair up while
         # clients come and go. It is never read, so it takes no data from anyone.
         self._hold = [os.open(p, os.O_RDWR | os.O_NOCTTY) for p in (self.board, self.host)]
+
+    def backlog(self):
+        """Bytes written to the board that the firmware has not read yet."""
+        raw = fcntl.ioctl(self._hold[0], termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", raw)[0]
+
+    def feed(self, ser, data, chunk=512, most=2048):
+        """Write data to the board end at the pace the firmware reads it.
+
+        socat writes each block whole: were the board's input full while the firmware waits
+        to print, both would wait forever. A real link has flow control; this stands in.
+        """
+        view = memoryview(data)
+        for i in range(0, len(view), chunk):
+            wait_for(lambda: self.backlog() < most, "the firmware to read its input", 30)
+            ser.write(view[i : i + chunk])
 
     def close(self):
         for fd in self._hold:
@@ -216,7 +239,4 @@ class Terminal:
 
 
 def _controlling_tty(fd):
-    import fcntl
-    import termios
-
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)

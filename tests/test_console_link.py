@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from functools import partial
 
 import pytest
 import serial
@@ -165,6 +166,9 @@ class _Drain(threading.Thread):
         self.data = bytearray()
         self.stop = threading.Event()
 
+    def has(self, data):
+        return data in self.data
+
     def run(self):
         while not self.stop.is_set():
             self.data += self.ser.read(max(1, self.ser.in_waiting))
@@ -176,11 +180,13 @@ def test_junk_flood_and_overlong_lines_leave_the_console_working(board):  # noqa
         drain = _Drain(ser)
         drain.start()
         # Random bytes, short lines and a line longer than any buffer, in both modes.
-        for _ in range(64):
-            ser.write(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))))
-        ser.write(b"\n" + b"x" * 200_000 + b"\n")
-        ser.write(b"@" + b'{"id": 1, "cmd": "status", "pad": "' + b"y" * 200_000 + b'"}\n')
-        ser.write(b'@{"id": 2, "cmd": "hello"}\n')
+        junk = b"".join(
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))) for _ in range(64)
+        )
+        board.pair.feed(ser, junk)
+        board.pair.feed(ser, b"\n" + b"x" * 200_000 + b"\n")
+        board.pair.feed(ser, b'@{"id": 1, "cmd": "status", "pad": "' + b"y" * 200_000 + b'"}\n')
+        board.pair.feed(ser, b'@{"id": 2, "cmd": "hello"}\n')
         wait_for(lambda: b'"id": 2' in drain.data, "the answer after the flood", timeout=30)
         drain.stop.set()
         drain.join(5)
@@ -238,16 +244,26 @@ def test_atomic_save_under_sigkill(board_factory):  # noqa: F811
             drain = _Drain(ser)
             drain.start()
             stop = threading.Event()
-            writer = threading.Thread(target=_save_forever, args=(ser, round, written, stop))
+            writer = threading.Thread(
+                target=_save_forever, args=(b.pair, ser, round, written, stop)
+            )
             writer.start()
-            time.sleep(rng.uniform(0.2, 0.6))
+            # Kill once saving is under way, at a random moment of the stream of saves.
+            try:
+                wait_for(partial(drain.has, b'"path": '), "a save", timeout=20)
+            except AssertionError:
+                raise AssertionError(
+                    f"no save in round {round}: backlog {b.pair.backlog()}, writer alive "
+                    f"{writer.is_alive()}, firmware waits in {_wchan(b.proc.pid)}, "
+                    f"output so far {bytes(drain.data[-300:])!r}"
+                ) from None
+            time.sleep(rng.uniform(0, 0.3))
             os.kill(b.proc.pid, signal.SIGKILL)
             b.proc.wait()
             stop.set()
             writer.join(5)
             drain.stop.set()
             drain.join(5)
-        assert b'"path": ' in drain.data, "no save before the kill"
         saved = json.loads(b.config_path.read_text())  # whole JSON, or this raises
         assert saved["hostname"] in written, saved
         assert saved["upstream"]["password"] == SECRET, saved
@@ -260,18 +276,26 @@ def test_atomic_save_under_sigkill(board_factory):  # noqa: F811
         assert b.saved()["max_clients"] == round + 1
 
 
-def _save_forever(ser, round, written, stop):
-    """Set and save hostname after hostname until stopped (or the board stops reading)."""
+def _wchan(pid):
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read()
+    except OSError as e:
+        return str(e)
+
+
+def _save_forever(pair, ser, round, written, stop):
+    """Set and save hostname after hostname until stopped, at the firmware's pace."""
     i = 0
     while not stop.is_set():
+        if pair.backlog() > 256:  # see PtyPair.feed
+            time.sleep(0.002)
+            continue
         name = f"h{round}-{i}.test"
         written.add(name)
         set_ = {"id": i, "cmd": "set", "args": ["hostname", name]}
         save = {"id": -i, "cmd": "save"}
-        try:
-            ser.write(f"@{json.dumps(set_)}\n@{json.dumps(save)}\n".encode())
-        except serial.SerialTimeoutException:
-            return
+        ser.write(f"@{json.dumps(set_)}\n@{json.dumps(save)}\n".encode())
         i += 1
 
 

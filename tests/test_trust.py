@@ -153,17 +153,12 @@ def test_asks_before_installing(certs, boards):
 
 def test_wrong_mode_and_unreachable_servers(certs):
     with Upstream(certs, "implicit") as up:
-        r = relaybox(
-            "trust",
-            f"localhost:{up.port}",
-            "--starttls",
-            "--yes",
-            timeout=60,
-        )
-        assert r.returncode == 1 and r.stderr.count("\n") == 1, r
-        assert r.stderr.startswith("relaybox: ") and "does it want --implicit?" in r.stderr, (
-            r.stderr
-        )
+        # An implicit TLS server waits for a TLS hello; the SMTP greeting never comes.
+        r = relaybox("trust", f"localhost:{up.port}", "--starttls", "--yes", "--timeout", "2")
+        assert r.stderr == (
+            f"relaybox: starttls TLS with localhost:{up.port} failed (Connection unexpectedly "
+            "closed: timed out); does it want --implicit?\n"
+        ), r.stderr
     with Upstream(certs, "plain") as up:
         r = relaybox("trust", f"localhost:{up.port}", "--yes")
         assert (

@@ -225,7 +225,8 @@ def cmd_config_set(args):
         saved = None if args.no_save else c.request("save")
         shown = c.request("get", args.key)
     result = dict(r, key=args.key, value=shown.get("value"), saved=saved and saved.get("path"))
-    return emit(args, result, lambda: _changed_text(result, f"= {cell(result['value'])}"))
+    what = f"{args.key} = {cell(result['value'])}"
+    return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
 
 def cmd_config_unset(args):
@@ -233,13 +234,13 @@ def cmd_config_unset(args):
         r = c.request("unset", args.key)
         saved = None if args.no_save else c.request("save")
     result = dict(r, key=args.key, saved=saved and saved.get("path"))
-    return emit(args, result, lambda: _changed_text(result, "is back to its default"))
+    what = f"{args.key} is back to its default"
+    return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
 
-def _changed_text(result, what):
-    text = f"{result['key']} {what}"
-    text += f" (saved in {result['saved']})" if result["saved"] else " (not saved)"
-    if result.get("restart"):
+def _changed_text(what, saved, restart):
+    text = what + (f" (saved in {saved})" if saved else " (not saved)")
+    if restart:
         text += "\ntakes effect after a restart: relaybox reboot"
     return text
 
@@ -271,8 +272,8 @@ def cmd_config_import(args):
         raise ToolError(f"{args.file} must hold a JSON object, as `relaybox config export` writes")
     with session(args) as c:
         r = c.request("import", config)
-    result = dict(r, key=str(args.file))
-    return emit(args, result, lambda: _changed_text(dict(result, saved=r.get("path")), "imported"))
+    what = f"{args.file} imported"
+    return emit(args, r, lambda: _changed_text(what, r.get("path"), r.get("restart")))
 
 
 def cmd_config_export(args):
