@@ -10,7 +10,6 @@ import getpass
 import json
 import os
 import sys
-import time
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ MASK = "********"
 DEFAULT_TIMEOUT = 5.0
 
 
-def connection_options():
+def connection_options(json_output=True):
     """The options every command that talks to a board shares."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
@@ -40,7 +39,8 @@ def connection_options():
         default=DEFAULT_TIMEOUT,
         help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
     )
-    p.add_argument("--json", action="store_true", help="print the board's answer as JSON")
+    if json_output:
+        p.add_argument("--json", action="store_true", help="print the board's answer as JSON")
     return p
 
 
@@ -374,6 +374,4 @@ def cmd_send_test(args):
 def cmd_reboot(args):
     with session(args) as c:
         r = c.request("reboot")
-        # Let the request leave the host's buffers before the port closes.
-        time.sleep(0.1)
     return emit(args, r, lambda: "the board is restarting")

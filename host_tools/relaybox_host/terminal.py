@@ -26,7 +26,7 @@ _DRAIN_S = 1.0
 def add_parser(sub):
     p = sub.add_parser(
         "console",
-        parents=[connection_options()],
+        parents=[connection_options(json_output=False)],
         help="interactive terminal on the board's console (Ctrl-D to quit)",
     )
     p.set_defaults(func=cmd_console)
