@@ -136,25 +136,26 @@ def test_socket_url(board):  # noqa: F811
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     bridge = subprocess.Popen(
-        ["socat", f"tcp-listen:{port},bind=127.0.0.1,reuseaddr", f"file:{board.tty},raw,echo=0"],
-        stderr=subprocess.DEVNULL,
+        [
+            "socat",
+            "-d",
+            "-d",
+            f"tcp-listen:{port},bind=127.0.0.1,reuseaddr",
+            f"file:{board.tty},raw,echo=0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        wait_for(lambda: _listening(port), "the TCP bridge")
+        # socat says when it listens; its one connection must be the tool's.
+        for line in bridge.stderr:
+            if "listening on" in line:
+                break
         out = board.ok("status", port=f"socket://127.0.0.1:{port}")
         assert re.search(r"^relaybox +0\.1\.0 on unix", out, re.M), out
     finally:
         bridge.terminate()
         bridge.wait(5)
-
-
-def _listening(port):
-    try:
-        out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout
-    except FileNotFoundError:
-        time.sleep(0.5)
-        return True
-    return f":{port} " in out
 
 
 class _Drain(threading.Thread):
