@@ -280,3 +280,10 @@ def test_reboot_under_relaybox_run(board_factory):
     assert s["restart_needed"] is False and s["uptime"] < 10, s
     assert b.ok("config", "get", "max_recipients") == "9\n"
     assert b.proc.poll() is None
+
+
+def test_status_without_upstream(board_factory):
+    b = board_factory(name="bare")
+    out = b.ok("status")
+    assert re.search(r"^upstream +not configured; mail is held in the queue$", out, re.M), out
+    assert b.json("status")["upstream"] == {"configured": False, "state": "not configured"}

@@ -179,7 +179,7 @@ def status_text(s):
 
 def _upstream_text(up, now):
     if not up.get("configured"):
-        return "not configured: mail is held in the queue"
+        return f"{up.get('state') or 'not configured'}; mail is held in the queue"
     text = f"{up.get('host')}:{up.get('port')} {up.get('state')}"
     if up.get("authenticated"):
         text += ", authenticated"
