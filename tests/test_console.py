@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -124,3 +125,20 @@ def test_end_of_input_leaves_the_relay_running(relay):
 
     with smtplib.SMTP("127.0.0.1", relay.port) as s:
         assert s.noop()[0] == 250
+
+
+def test_queue_shows_backoff_and_retry_skips_it(relay):
+    relay.type("test bob@example.net\n")
+    id = relay.wait_log(r"^test message queued as ([0-9a-f]{16})$").group(1)
+    relay.wait_log(r"upstream session failed .*; 1 queued, next try in 60 s")
+    relay.type('@{"id": 9, "cmd": "queue"}\n')
+    answer = json.loads(relay.wait_log(r'^@\{.*"id": 9.*').group(0)[1:])
+    (msg,) = answer["result"]["queue"]
+    assert msg["id"] == id and 50 <= msg["next"] <= 60, msg
+    failures = relay.log().count("upstream session failed")
+    relay.type(f"retry {id}\n")
+    relay.wait_log(f"^{id}: will be tried now$")
+    deadline = time.monotonic() + 10
+    while relay.log().count("upstream session failed") == failures:
+        assert time.monotonic() < deadline, "retry did not start a session"
+        time.sleep(0.1)

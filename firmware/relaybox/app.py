@@ -193,6 +193,8 @@ class Relay:
 
     def queue(self):
         now = time.time()
+        # A message waits for its own next try and for the session backoff, if any.
+        resume = self.delivery.resume_at() if self.delivery else 0
         out = {}
         for area, name in ((QUEUE, "queue"), (DEAD, "dead")):
             items = []
@@ -202,7 +204,7 @@ class Relay:
                 except (OSError, ValueError):
                     continue
                 st = self.spool.state(id, area)
-                nxt = st.get("next")
+                nxt = max(st.get("next", 0), resume) if area == QUEUE else 0
                 items.append(
                     {
                         "id": id,
@@ -212,7 +214,7 @@ class Relay:
                         "age": max(0, int(now) - env.arrived),
                         "attempts": st.get("attempts", 0),
                         "next": max(0, int(nxt - now)) if nxt else 0,
-                        "error": st.get("error") or st.get("reason"),
+                        "error": st.get("last") or st.get("reason"),
                     }
                 )
             out[name] = items
@@ -227,10 +229,7 @@ class Relay:
             st["next"] = 0
             self.spool.set_state(id, st)
         if self.delivery:
-            if hasattr(self.delivery, "retry_now"):
-                self.delivery.retry_now()
-            else:
-                self.delivery.wake()
+            self.delivery.retry_now()
         log.info("console", "id=%s retry requested" % id)
         return {"id": id, "was": "queue" if area == QUEUE else "dead"}
 

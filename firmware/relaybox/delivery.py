@@ -52,6 +52,10 @@ class Delivery:
         self._session_next = 0
         self._wake.set()
 
+    def resume_at(self):
+        """When the next upstream session may start (0: now); backoff after failures."""
+        return self._session_next
+
     def status(self):
         """What the console shows about delivery."""
         return {
