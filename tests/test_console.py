@@ -135,6 +135,8 @@ def test_queue_shows_backoff_and_retry_skips_it(relay):
     answer = json.loads(relay.wait_log(r'^@\{.*"id": 9.*').group(0)[1:])
     (msg,) = answer["result"]["queue"]
     assert msg["id"] == id and 50 <= msg["next"] <= 60, msg
+    relay.type("status\n")
+    relay.wait_log(r"^upstream  waiting to retry 127\.0\.0\.1:9$")
     failures = relay.log().count("upstream session failed")
     relay.type(f"retry {id}\n")
     relay.wait_log(f"^{id}: will be tried now$")

@@ -106,7 +106,7 @@ class Delivery:
             return max(1, int(self._session_next - now))
         self.state = "sending"
         await self._session(due)
-        self.state = "idle"
+        self.state = "waiting to retry" if self._session_next > time.time() else "idle"
         due, wait = self._due(time.time())
         return 1 if due and time.time() >= self._session_next else wait
 
