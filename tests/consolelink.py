@@ -1,9 +1,8 @@
-"""Real serial plumbing for the host tool's tests: the firmware on one end of a socat pty
-pair, `relaybox --port` on the other, and a pseudo-terminal for the tool's own stdin.
+"""Real serial plumbing for the host tool's tests: the firmware on one end of a pty pair,
+`relaybox --port` on the other, and a pseudo-terminal for the tool's own stdin.
 
-Nothing drains the board's end while no client has it open, so a test keeps the log
-volume between two commands small (a pty pair buffers some tens of KB before the firmware's
-prints block, as a USB-serial bridge nobody reads would not).
+The pair keeps what the board prints while no client has the host end open, so a client
+may first read old lines, as it may from a real board.
 """
 
 import fcntl
@@ -11,16 +10,16 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
+import tty
 from pathlib import Path
 
-import pytest
 from relaybox_host import serialconn
 from relaybox_host.run import command, environment
 from relayproc import Relay
@@ -30,29 +29,53 @@ MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
 
 
 class PtyPair:
-    """Two linked pseudo-terminals made by socat: `board` and `host` are their paths."""
+    """Two pseudo-terminals joined back to back: what is written on one end is read on the
+    other, like a USB-serial cable. `board` and `host` are the paths of the two ends.
+
+    A thread copies between them through unbounded buffers, reading both sides all the
+    time: a board that prints while the host floods it never blocks the other direction
+    (socat, which writes each block whole, can deadlock there).
+    """
 
     def __init__(self, folder):
         self.board = str(Path(folder) / "board-tty")
         self.host = str(Path(folder) / "host-tty")
-        if not shutil.which("socat"):
-            pytest.fail("socat is needed for the console tests (apt-get install socat)")
-        # A link left by an earlier pair may point at a pty number that is now reused.
+        self._masters = []
+        # The slave ends stay open for the pair's life, so that clients may come and go
+        # (the last close would otherwise hang the line up). Never read: they take no data.
+        self._hold = []
         for link in (self.board, self.host):
+            master, slave = os.openpty()
+            tty.setraw(slave)
+            os.set_blocking(master, False)
             if os.path.lexists(link):
                 os.unlink(link)
-        self.proc = subprocess.Popen(
-            [
-                "socat",
-                f"pty,raw,echo=0,link={self.board}",
-                f"pty,raw,echo=0,link={self.host}",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: os.path.exists(self.board) and os.path.exists(self.host), "socat")
-        # One descriptor on each end for the pair's life: socat keeps the pair up while
-        # clients come and go. It is never read, so it takes no data from anyone.
-        self._hold = [os.open(p, os.O_RDWR | os.O_NOCTTY) for p in (self.board, self.host)]
+            os.symlink(os.ttyname(slave), link)
+            self._masters.append(master)
+            self._hold.append(slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._copy, daemon=True)
+        self._thread.start()
+
+    def _copy(self):
+        a, b = self._masters
+        peer = {a: b, b: a}
+        pending = {a: bytearray(), b: bytearray()}  # waiting to be written to that master
+        while True:
+            writable = [m for m in (a, b) if pending[m]]
+            ready, can_write, _ = select.select([a, b, self._wake_r], writable, [])
+            if self._wake_r in ready:
+                return
+            for m in ready:
+                try:
+                    pending[peer[m]] += os.read(m, 65536)
+                except (BlockingIOError, OSError):
+                    pass
+            for m in can_write:
+                try:
+                    del pending[m][: os.write(m, pending[m])]
+                except (BlockingIOError, OSError):
+                    pass
 
     def backlog(self):
         """Bytes written to the board that the firmware has not read yet."""
@@ -60,21 +83,20 @@ class PtyPair:
         return struct.unpack("i", raw)[0]
 
     def feed(self, ser, data, chunk=512, most=2048):
-        """Write data to the board end at the pace the firmware reads it.
-
-        socat writes each block whole: were the board's input full while the firmware waits
-        to print, both would wait forever. A real link has flow control; this stands in.
-        """
+        """Write data to the board end no faster than the firmware reads it, as a serial
+        link with flow control would; the rest waits in the host's buffers."""
         view = memoryview(data)
         for i in range(0, len(view), chunk):
             wait_for(lambda: self.backlog() < most, "the firmware to read its input", 30)
             ser.write(view[i : i + chunk])
 
     def close(self):
-        for fd in self._hold:
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        for fd in self._masters + self._hold + [self._wake_r, self._wake_w]:
             os.close(fd)
-        self.proc.terminate()
-        self.proc.wait(5)
+        for link in (self.board, self.host):
+            os.unlink(link)
 
 
 class PtyRelay(Relay):
