@@ -144,3 +144,17 @@ def test_queue_shows_backoff_and_retry_skips_it(relay):
     while relay.log().count("upstream session failed") == failures:
         assert time.monotonic() < deadline, "retry did not start a session"
         time.sleep(0.1)
+
+
+def test_crlf_terminal_and_secret_prompt(relay):
+    """Terminals such as screen and picocom end lines with CR (LF); the secret typed at the
+    prompt must be taken as the value, never echoed as a command."""
+    relay.type("set upstream.password\r\nCrLf-" + SECRET + "\r\n")
+    relay.wait_log(r"console: set upstream.password = \*{8}")
+    relay.type("get upstream.password\rget nope\r\n")
+    relay.wait_log(r"^upstream.password = \*{8}$")
+    relay.wait_log(r"^error: nope: unknown key$")
+    relay.type("test not-an-address\n")
+    relay.wait_log(r"^error: not-an-address: must be a mail address like alice@example.net$")
+    assert SECRET.lower() not in relay.log().lower()
+    assert "error: unknown command" not in relay.log()

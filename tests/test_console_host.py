@@ -75,7 +75,7 @@ def test_config_get(board):
     assert board.ok("config", "get", "upstream.password") == "********\n"
     assert board.ok("config", "get", "allow") == "127.0.0.0/8\n"
     assert board.json("config", "get", "hostname") == {"key": "hostname", "value": "relaybox.test"}
-    _fail(board.relaybox("config", "get", "no.such.key"), "unknown key 'no.such.key'")
+    _fail(board.relaybox("config", "get", "no.such.key"), "no.such.key: unknown key")
 
 
 def test_config_set_saves_and_says_when_a_restart_is_needed(board):

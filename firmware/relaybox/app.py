@@ -240,9 +240,14 @@ class Relay:
         return {"id": id, "was": "queue" if area == QUEUE else "dead"}
 
     def send_test(self, address):
-        from .config import check_value
+        from .config import ConfigError, check_value
 
-        check_value("admin", address)  # the same mailbox check as the admin address
+        try:
+            check_value("admin", address)  # the same mailbox check as the admin address
+        except ConfigError as e:
+            from .console import CommandError
+
+            raise CommandError("%s: %s" % (address, e.problem)) from None
         host = self.cfg.get("hostname")
         up = self.cfg.upstream()
         sender = up["sender"] if up else "relaybox@" + host

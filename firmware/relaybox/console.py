@@ -64,6 +64,7 @@ class Console:
         self.echo = echo
         self.buf = bytearray(_MAX_LINE)
         self.secret_key = None  # set while prompting for a secret value
+        self.after_cr = False
 
     def write(self, text):
         self.out.write(text)
@@ -79,11 +80,12 @@ class Console:
             if not c:
                 return None
             b = c[0]
+            after_cr, self.after_cr = self.after_cr, b == 13
+            if b == 10 and after_cr:
+                continue  # CR LF (what terminals send): the CR already ended the line
             if b in (10, 13):
                 if self.echo:
                     self.out.write("\r\n")
-                if b == 13 and n == 0 and not over:
-                    continue  # CR LF: the LF after a CR ends nothing new
                 if over:
                     return _OVER
                 return bytes(self.buf[:n])
@@ -247,8 +249,10 @@ class Console:
         return {"help": _HELP}
 
     def _key(self, args):
-        if len(args) != 1 or args[0] not in SCHEMA:
-            raise CommandError("unknown key %r" % (args[0] if args else ""))
+        if len(args) != 1:
+            raise CommandError("give one KEY")
+        if args[0] not in SCHEMA:
+            raise ConfigError(args[0], "unknown key")
         return args[0]
 
     def _id(self, args):
