@@ -206,3 +206,24 @@ def test_too_old_to_retry_goes_to_dead_letters(relay_factory, certs):
     assert relay.queued() == [] and dead(relay) == ["0000000100010001"]
     state = json.loads((relay.spool / "dead" / "0000000100010001.s").read_text())
     assert state["reason"].startswith("not delivered within 86400 s: connect: ")
+
+
+def test_arrival_from_an_unset_clock_is_not_too_old(relay_factory, certs):
+    """A board that took mail before NTP answered stamped it in the year 2000: its age
+    counts from when delivery first saw it, so it is kept and retried, not given up."""
+    cfg = upstream_cfg(
+        Upstream(certs), port=free_port(), retry={"schedule": [60], "max_age": 86400}
+    )
+    relay = relay_factory(upstream=cfg, start=False)
+    q = relay.spool / "q"
+    q.mkdir(parents=True)
+    year_2000 = 946684800 + 3600
+    (q / "0000000100010002").write_bytes(
+        b"RBX1\nF printer@lan\nT bob@example.org\nA %d\nP 127.0.0.1\nH dev.lan\n\n" % year_2000
+        + MSG
+    )
+    relay.start()
+    relay.wait_log(r"upstream session failed .*; 1 queued")
+    assert relay.queued() == ["0000000100010002"] and dead(relay) == []
+    state = json.loads((q / "0000000100010002.s").read_text())
+    assert abs(state["seen"] - time.time()) < 60

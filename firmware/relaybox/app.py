@@ -214,7 +214,7 @@ class Relay:
                         "age": max(0, int(now) - env.arrived),
                         "attempts": st.get("attempts", 0),
                         "next": max(0, int(nxt - now)) if nxt else 0,
-                        "error": st.get("last") or st.get("reason"),
+                        "error": st.get("error") or st.get("reason"),
                     }
                 )
             out[name] = items

@@ -18,9 +18,14 @@ def rfc5322_date(t=None):
     return "%s, %02d %s %04d %02d:%02d:%02d +0000" % (_DAYS[wd], d, _MONTHS[mo - 1], y, h, mi, s)
 
 
+def plausible(t):
+    """True when t can be a real time, not one counted from an unset clock."""
+    return time.gmtime(int(t))[0] >= _MIN_YEAR
+
+
 def clock_ok():
     """True when the clock is plausibly set (certificate dates can be checked)."""
-    return time.gmtime()[0] >= _MIN_YEAR
+    return plausible(time.time())
 
 
 def _has_ntp():

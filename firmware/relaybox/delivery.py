@@ -190,10 +190,26 @@ class Delivery:
         now = time.time()
         for id in ids:
             env = self._envelope(id)
-            if env and now - env.arrived > self.max_age:
+            if env is None:
+                continue
+            st = self.spool.state(id)
+            known = "seen" in st
+            if self._age(env, st, now) > self.max_age:
                 self._to_dead(
                     id, env, "not delivered within %d s: %s" % (self.max_age, self.last_error)
                 )
+            elif "seen" in st and not known:
+                self.spool.set_state(id, st)
+
+    def _age(self, env, st, now):
+        """Seconds since arrival. A message taken before the board's clock was set (right
+        after a power cut, before NTP) has no real arrival time: its age counts from the
+        first time delivery saw it, kept in st["seen"] (the caller saves st)."""
+        if clock.plausible(env.arrived):
+            return now - env.arrived
+        if "seen" not in st:
+            st["seen"] = now
+        return now - st["seen"]
 
     def _envelope(self, id):
         try:
@@ -257,7 +273,7 @@ class Delivery:
     def _defer(self, id, env, st, rcpts, why):
         now = time.time()
         why = " ".join(why.split())
-        if now - env.arrived > self.max_age:
+        if self._age(env, st, now) > self.max_age:
             return self._to_dead(id, env, "gave up after %d s: %s" % (self.max_age, why), st)
         n = st.get("attempts", 0) + 1
         step = self.schedule[min(n - 1, len(self.schedule) - 1)]
