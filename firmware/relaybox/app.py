@@ -102,7 +102,7 @@ class Relay:
         oldest_age = None
         if oldest:
             try:
-                oldest_age = max(0, int(now) - self.spool.envelope(oldest[0]).arrived)
+                oldest_age = _age(self.spool.envelope(oldest[0]).arrived, now)
             except (OSError, ValueError):
                 pass
         gc.collect()
@@ -211,7 +211,7 @@ class Relay:
                         "from": env.sender,
                         "rcpt": env.rcpts,
                         "size": env.size,
-                        "age": max(0, int(now) - env.arrived),
+                        "age": _age(env.arrived, now),
                         "attempts": st.get("attempts", 0),
                         "next": max(0, int(nxt - now)) if nxt else 0,
                         "error": st.get("error") or st.get("reason"),
@@ -278,6 +278,11 @@ class Relay:
             raise SystemExit(_REBOOT_EXIT)
 
         asyncio.create_task(later())
+
+
+def _age(arrived, now):
+    # None for mail stamped by a clock that was not set yet: its age is unknown.
+    return max(0, int(now - arrived)) if clock.plausible(arrived) else None
 
 
 def _config_path(board):
