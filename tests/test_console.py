@@ -158,3 +158,28 @@ def test_crlf_terminal_and_secret_prompt(relay):
     relay.wait_log(r"^error: not-an-address: must be a mail address like alice@example.net$")
     assert SECRET.lower() not in relay.log().lower()
     assert "error: unknown command" not in relay.log()
+
+
+def test_secret_typed_at_the_host_terminal_is_not_echoed(relay_factory):
+    """Under `relaybox run` the host's terminal echoes what is typed: the firmware switches
+    that echo off for the secret prompt and on again after it."""
+    from consolelink import RELAYBOX, Terminal
+
+    r = relay_factory(start=False)
+    t = Terminal([RELAYBOX, "run", "--config", str(r.config_path)])
+    try:
+        t.expect(r"listening on")
+        t.send("get hostname\r")
+        t.expect(r"(?s)get hostname\r\n.*hostname = relaybox\.test")  # echoed, then answered
+        t.send("set upstream.password\r")
+        t.expect(r"value for upstream\.password \(not shown\): ")
+        t.send("Typed-" + SECRET + "\r")
+        t.expect(r"console: set upstream\.password = \*{8}")
+        t.send("get upstream.password\r")
+        t.expect(r"(?s)get upstream\.password\r\n.*upstream\.password = \*{8}")
+        t.send("\x03")  # Ctrl-C: a clean stop
+        assert t.finish() == 0
+    finally:
+        if t.proc.poll() is None:
+            t.proc.kill()
+    assert SECRET.encode() not in t.seen, t.seen

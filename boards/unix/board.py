@@ -17,3 +17,15 @@ class Network:
 
 def led(state):
     pass
+
+
+def console_echo(on):
+    """The host's terminal echoes what is typed: off while a secret is typed, then on."""
+    try:
+        import termios
+
+        attrs = termios.tcgetattr(0)
+    except (ImportError, OSError):
+        return  # stdin is not a terminal
+    attrs[3] = attrs[3] | 8 if on else attrs[3] & ~8  # ECHO in c_lflag
+    termios.tcsetattr(0, termios.TCSANOW, attrs)

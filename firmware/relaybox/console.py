@@ -105,6 +105,9 @@ class Console:
     async def run(self):
         while True:
             line = await self.readline()
+            if self.secret_key and (line is None or line is _OVER):
+                self.secret_key = None  # the prompt is abandoned
+                self._terminal_echo(True)
             if line is None:
                 log.info("console", "console input closed; the relay keeps running")
                 return
@@ -130,6 +133,7 @@ class Console:
             return
         if self.secret_key:
             key, self.secret_key = self.secret_key, None
+            self._terminal_echo(True)
             self._human("set", [key, text])
             return
         if not text:
@@ -262,9 +266,16 @@ class Console:
 
     # -- people --
 
+    def _terminal_echo(self, on):
+        # Where a terminal driver echoes (the unix board), the board can switch it off.
+        fn = getattr(self.relay.board, "console_echo", None)
+        if fn:
+            fn(on)
+
     def _human(self, cmd, args):
         if cmd == "set" and len(args) == 1 and args[0] in SECRETS:
             self.secret_key = args[0]
+            self._terminal_echo(False)
             self.out.write("value for %s (not shown): " % args[0])
             return
         try:

@@ -65,6 +65,16 @@ def environment(build_dir):
     return env
 
 
+def _terminal_state():
+    """The terminal settings of stdin (the firmware changes echo), or None."""
+    try:
+        import termios
+
+        return termios.tcgetattr(0)
+    except (ImportError, OSError):
+        return None
+
+
 def _wait(child):
     while True:
         try:
@@ -89,6 +99,7 @@ def cmd_run(args):
     if not Path(config).is_file():
         raise ToolError(f"config file {config} not found")
     build_dir = tempfile.mkdtemp(prefix="relaybox-unix-")
+    terminal = _terminal_state()
     try:
         compile_firmware("unix", build_dir, source=args.source)
         cmd = command(build_dir, Path(config).resolve(), args.heap)
@@ -106,4 +117,8 @@ def cmd_run(args):
                 return code
             print("relaybox: the firmware asked for a reboot; starting it again", flush=True)
     finally:
+        if terminal is not None:
+            import termios
+
+            termios.tcsetattr(0, termios.TCSADRAIN, terminal)
         shutil.rmtree(build_dir, ignore_errors=True)
