@@ -224,6 +224,10 @@ def test_arrival_from_an_unset_clock_is_not_too_old(relay_factory, certs):
     )
     relay.start()
     relay.wait_log(r"upstream session failed .*; 1 queued")
+    # The state is written just after that line.
+    deadline = time.monotonic() + 10
+    while not (q / "0000000100010002.s").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert relay.queued() == ["0000000100010002"] and dead(relay) == []
     state = json.loads((q / "0000000100010002.s").read_text())
     assert abs(state["seen"] - time.time()) < 60

@@ -138,7 +138,7 @@ class Upstream:
 
     # -- reading replies --
 
-    async def _line(self):
+    async def _line(self, deadline):
         buf = self._rbuf
         while True:
             i = buf.find(b"\n", self._rs, self._re)
@@ -155,19 +155,29 @@ class Upstream:
                 raise SubmitError(self._stage, 0, "reply line too long", True)
             if self.conn is None:
                 raise SubmitError(self._stage, 0, "not connected", True)
-            n = await self.conn.readinto(self._rmv[self._re :])
+            n = await self.conn.readinto(self._rmv[self._re :], deadline)
             if not n:
                 raise SubmitError(self._stage, 0, "connection closed by server", True)
             self._re += n
 
     async def _reply(self):
-        """Read one reply, all its lines; return (code, text) with lines joined by "\\n"."""
+        """Read one reply, all its lines; return (code, text) with lines joined by "\\n".
+
+        The whole reply must come within the timeout, however slowly its bytes trickle in.
+        A 421 ends the session whatever the command was (RFC 5321 §3.8): it raises.
+        """
         lines = []
+        deadline = tlsconn.deadline(self.conn.timeout) if self.conn else 0
         while True:
-            line = (await self._line()).rstrip(b"\r")
+            line = (await self._line(deadline)).rstrip(b"\r")
             code = line[:3]
             sep = line[3:4]
-            if len(code) != 3 or not code.isdigit() or sep not in (b" ", b"-", b""):
+            if (
+                len(code) != 3
+                or not code.isdigit()
+                or code[0] not in b"2345"
+                or sep not in (b" ", b"-", b"")
+            ):
                 raise SubmitError(self._stage, 0, "malformed reply %r" % line[:40], True)
             if len(lines) == _REPLY_LINES:
                 raise SubmitError(
@@ -175,10 +185,20 @@ class Upstream:
                 )
             lines.append(_text(line[4:]))
             if sep != b"-":
-                return int(code), "\n".join(lines)
+                code, text = int(code), "\n".join(lines)
+                if code == 421:
+                    raise _failure(self._stage, code, text)
+                return code, text
+
+    async def _write(self, data):
+        # Bytes nobody asked for would be taken as the reply to the next command and
+        # shift every reply after it: a server that does that is not talked to further.
+        if self._re > self._rs:
+            raise SubmitError(self._stage, 0, "server sent an unrequested reply", True)
+        await self.conn.write(data)
 
     async def _command(self, line):
-        await self.conn.write(line)
+        await self._write(line)
         return await self._reply()
 
     # -- session setup --
@@ -191,7 +211,11 @@ class Upstream:
             raise SubmitError("tls", 0, "upstream.tls must be starttls or implicit", False)
         self._stage = "tls"
         if self._ctx is None:
-            self._ctx = tlsconn.client_context(self.ca)
+            try:
+                self._ctx = tlsconn.client_context(self.ca)
+            except tlsconn.TLSError as e:
+                # A missing or broken CA file stays broken until the owner fixes it.
+                raise SubmitError("tls", 0, str(e), False) from None
         self._stage = "connect"
         implicit = self.mode == "implicit"
         self.conn = await tlsconn.connect(
@@ -307,7 +331,7 @@ class Upstream:
         rcpt_lines = [b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts]
         if "PIPELINING" in self.ext:
             # One write for the whole envelope; replies come back in order (RFC 2920).
-            await self.conn.write(mail + b"".join(rcpt_lines) + b"DATA\r\n")
+            await self._write(mail + b"".join(rcpt_lines) + b"DATA\r\n")
             mcode, mtext = await self._reply()
             self._stage = "rcpt"
             results = []
@@ -328,6 +352,7 @@ class Upstream:
                 if any(code in (250, 251) for _, code, _ in results):
                     self._stage = "data"
                     dcode, dtext = await self._command(b"DATA\r\n")
+        final = None  # the reply to the end of the body, once one was sent
         if dcode == 354:
             accepted = mcode == 250 and any(c in (250, 251) for _, c, _ in results)
             # With pipelining a server may say 354 although nobody can receive the
@@ -338,12 +363,14 @@ class Upstream:
                 await self.conn.write(b".\r\n")
             self.conn.timeout = max(self.timeout, _DATA_WAIT)
             try:
-                dcode, dtext = await self._reply()
+                final = await self._reply()
             finally:
                 if self.conn is not None:
                     self.conn.timeout = self.timeout
-            if not accepted:
-                dcode, dtext = 554, "no recipient accepted"
+        elif dcode < 400:
+            # DATA is answered by 354 (RFC 5321 §4.3.2); a 250 here would make a message
+            # look delivered that the server never saw.
+            raise SubmitError("data", 0, "unexpected reply to DATA: %d %s" % (dcode, dtext), True)
         if mcode != 250:
             raise _failure("mail", mcode, mtext)
         if not results or not any(c in (250, 251) for _, c, _ in results):
@@ -354,8 +381,10 @@ class Upstream:
             err = SubmitError("rcpt", code, text, temp)
             err.results = results  # each recipient's own answer, for per-recipient retries
             raise err
-        if dcode != 250:
-            raise _failure("data", dcode, dtext)
+        if final is None:
+            raise _failure("data", dcode, dtext)  # DATA itself refused
+        if final[0] != 250:
+            raise _failure("data", final[0], final[1])
         return results
 
     async def _body(self, src):

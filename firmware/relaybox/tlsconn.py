@@ -69,6 +69,11 @@ def _why(e):
     return " ".join(str(e).split()) or repr(e)
 
 
+def deadline(seconds):
+    """A point in time `seconds` from now, for Conn.readinto."""
+    return time.ticks_add(time.ticks_ms(), int(seconds * 1000))
+
+
 class Conn:
     """One connection to the upstream server, read and written through an asyncio stream."""
 
@@ -78,16 +83,18 @@ class Conn:
         self.secure = False
         self._pending = b""  # application bytes read while a TLS handshake was pushed on
 
-    async def readinto(self, buf):
-        """Read some bytes into `buf`; 0 means the peer closed. Raises OSError on timeout."""
+    async def readinto(self, buf, until=None):
+        """Read some bytes into `buf`; 0 means the peer closed. Raises OSError when nothing
+        came within the timeout, or when `until` (from deadline()) has passed."""
         if self._pending:
             n = min(len(buf), len(self._pending))
             buf[:n] = self._pending[:n]
             self._pending = self._pending[n:]
             return n
-        deadline = time.ticks_add(time.ticks_ms(), int(self.timeout * 1000))
+        if until is None:
+            until = deadline(self.timeout)
         while True:
-            left = time.ticks_diff(deadline, time.ticks_ms())
+            left = time.ticks_diff(until, time.ticks_ms())
             if left <= 0:
                 raise OSError("read timeout")
             try:
@@ -117,7 +124,11 @@ class Conn:
         raw = self.stream.s
         sock = _wrap(ctx, raw, host)
         # mbedTLS wants the same buffer again after each "not yet", so pass `first` whole.
-        n = await _drive(sock, self.timeout, lambda: sock.write(first))
+        try:
+            n = await _drive(sock, self.timeout, lambda: sock.write(first))
+        except Exception:
+            _close(sock)  # frees the TLS context now, not at the next garbage collection
+            raise
         self.stream = asyncio.StreamReader(sock)
         self.secure = True
         if n < len(first):
@@ -128,6 +139,13 @@ class Conn:
             self.stream.close()
         except Exception:  # closing a half-dead socket can fail; the socket is gone either way
             pass
+
+
+def _close(sock):
+    try:
+        sock.close()
+    except Exception:
+        pass
 
 
 def _wrap(ctx, raw, host):
@@ -167,12 +185,15 @@ async def connect(host, port, timeout, ctx=None):
     conn = Conn(reader, timeout)
     if ctx is None:
         return conn
+    sock = None
     try:
         sock = _wrap(ctx, reader.s, host)
         buf = bytearray(256)
         # The server speaks first after the handshake, so reading pushes it on.
         n = await _drive(sock, timeout, lambda: sock.readinto(buf))
     except Exception:
+        if sock is not None:
+            _close(sock)
         conn.close()
         raise
     conn.stream = asyncio.StreamReader(sock)
