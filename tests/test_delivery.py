@@ -2,6 +2,7 @@
 
 import json
 import smtplib
+import subprocess
 import time
 
 import pytest
@@ -231,3 +232,118 @@ def test_arrival_from_an_unset_clock_is_not_too_old(relay_factory, certs):
     assert relay.queued() == ["0000000100010002"] and dead(relay) == []
     state = json.loads((q / "0000000100010002.s").read_text())
     assert abs(state["seen"] - time.time()) < 60
+
+
+def offline_upstream(certs, **plan):
+    """An upstream whose port is chosen now and that is started later (`with up:`)."""
+    up = Upstream(certs, "implicit", plan=plan or None)
+    up.port = up.controller.port = free_port()
+    return up
+
+
+def test_revived_dead_letter_goes_only_to_the_refused_recipient(relay_factory, certs):
+    plan = {"rcpt": {"nobody@example.org": ["550 5.1.1 No such user"]}}  # then accepted
+    with Upstream(certs, "starttls", plan=plan) as up:
+        relay = relay_factory(upstream=upstream_cfg(up), start=False)
+        relay.start(stdin=subprocess.PIPE)
+        submit(relay, rcpts=["bob@example.org", "nobody@example.org"])
+        wait_for(lambda: dead(relay), what="a dead letter", relay=relay)
+        (id,) = dead(relay)
+        relay.type(f"retry {id}\n")
+        wait_for(lambda: len(up.messages) == 2, what="the second delivery", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    assert [m.rcpts for m in up.messages] == [["bob@example.org"], ["nobody@example.org"]]
+    assert dead(relay) == []
+
+
+def test_421_during_a_session_waits_for_the_backoff(relay_factory, certs):
+    """A 421 to MAIL is about the session, not the message: the rest of the queue waits
+    for the backoff instead of opening a session per message."""
+    up = offline_upstream(certs, mail=["421 4.7.0 Too many messages, slow down"])
+    relay = relay_factory(upstream=upstream_cfg(up, retry={"schedule": [3]}))
+    for i in range(5):
+        submit(relay, MSG + b"n=%d\r\n" % i)
+    relay.wait_log(r"upstream session failed \(connect: ")
+    with up:
+        relay.wait_log(r"upstream session failed \(mail: 4.7.0 Too many messages, slow down\)")
+        wait_for(lambda: len(up.messages) == 5, what="5 messages upstream", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+    assert len(up.handler.sessions) == 2, relay.log()
+    assert dead(relay) == []
+
+
+def test_sender_refused_by_the_account_keeps_all_mail(relay_factory, certs):
+    """A 5xx to MAIL FROM with the account's own address holds for every message: all of
+    them stay queued (the owner has to fix the account), none becomes a dead letter."""
+    plan = {"mail": ["550 5.7.1 Sender address rejected: not owned by user"] * 5}
+    up = offline_upstream(certs, **plan)
+    relay = relay_factory(upstream=upstream_cfg(up, retry={"schedule": [2, 3600]}))
+    for i in range(3):
+        submit(relay, MSG + b"n=%d\r\n" % i)
+    relay.wait_log(r"upstream session failed \(connect: ")
+    with up:
+        relay.wait_log(r"upstream session failed \(mail: 5.7.1 Sender address rejected.*3600 s")
+        time.sleep(1)
+    assert len(up.handler.sessions) == 1 and up.messages == []
+    assert len(relay.queued()) == 3 and dead(relay) == []
+
+
+def test_unreadable_spool_file_goes_to_dead_letters_once(relay_factory, certs):
+    with Upstream(certs, "implicit") as up:
+        relay = relay_factory(upstream=upstream_cfg(up), start=False)
+        q = relay.spool / "q"
+        q.mkdir(parents=True)
+        (q / "00000001000100aa").write_bytes(b"not a spool file at all\n")
+        relay.start(stdin=subprocess.PIPE)
+        submit(relay)
+        wait_for(lambda: up.messages, what="the good message", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+        relay.wait_log(r"id=00000001000100aa result=dead reason=unreadable spool file")
+        sessions = len(up.handler.sessions)
+        time.sleep(3)
+    assert len(up.handler.sessions) == sessions <= 2, relay.log()
+    assert dead(relay) == ["00000001000100aa"]
+    relay.type("queue\n")  # the owner sees it
+    relay.wait_log(r"^  00000001000100aa  -  .* \[unreadable spool file\]$")
+
+
+def test_new_mail_is_not_stuck_behind_older_mail_waiting_to_retry(relay_factory, certs):
+    with Upstream(certs, "implicit") as up:
+        relay = relay_factory(upstream=upstream_cfg(up), start=False)
+        q = relay.spool / "q"
+        q.mkdir(parents=True)
+        now = int(time.time())
+        later = json.dumps({"attempts": 3, "next": now + 3600, "error": "mail 451 later"})
+        for i in range(120):
+            id = "%08x%04x0000" % (now - 600, i)
+            env = b"RBX1\nF old@lan\nT bob@example.org\nA %d\nP 127.0.0.1\nH dev\n\n" % now
+            (q / id).write_bytes(env + MSG)
+            (q / (id + ".s")).write_text(later)
+        relay.start()
+        submit(relay, MSG + b"new\r\n")
+        wait_for(lambda: up.messages, what="the new message", relay=relay)
+    (got,) = up.messages
+    assert got.data.endswith(b"\r\nnew\r\n")
+    assert len(relay.queued()) == 120
+
+
+def test_session_backoff_survives_a_restart(relay_factory, certs):
+    """After a 535 a reboot does not try the same password again at once; new
+    credentials do."""
+    with Upstream(certs, "starttls") as up:
+        cfg = upstream_cfg(up, password="wrong", retry={"schedule": [1, 3600], "max_age": 86400})
+        relay = relay_factory(upstream=cfg)
+        submit(relay)
+        relay.wait_log(r"auth: credentials refused")
+        relay.stop()
+        relay.start()
+        relay.wait_log(r"upstream failed before the restart \(auth: credentials refused")
+        time.sleep(2)
+        assert up.handler.auth_attempts == [("CRAM-MD5", USER, False)]
+        relay.stop()
+        relay.config["upstream"] = upstream_cfg(up)
+        relay.config_path.write_text(json.dumps(relay.config))
+        relay.start()
+        wait_for(lambda: up.messages, what="delivery with the right password", relay=relay)
+    assert [ok for _, _, ok in up.handler.auth_attempts] == [False, True]
+    assert not (relay.spool / "upstream.json").exists()

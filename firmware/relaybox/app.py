@@ -199,11 +199,25 @@ class Relay:
         for area, name in ((QUEUE, "queue"), (DEAD, "dead")):
             items = []
             for id in self.spool.ids(area, 50):
+                st = self.spool.state(id, area)
                 try:
                     env = self.spool.envelope(id, area)
-                except (OSError, ValueError):
+                except (OSError, ValueError) as e:
+                    # Shown all the same: the owner decides what becomes of it.
+                    why = st.get("reason") or "unreadable spool file: %s" % e
+                    items.append(
+                        {
+                            "id": id,
+                            "from": "?",
+                            "rcpt": [],
+                            "size": 0,
+                            "age": None,
+                            "attempts": 0,
+                            "next": 0,
+                            "error": why,
+                        }
+                    )
                     continue
-                st = self.spool.state(id, area)
                 nxt = max(st.get("next", 0), resume) if area == QUEUE else 0
                 items.append(
                     {

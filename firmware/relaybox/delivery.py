@@ -1,7 +1,9 @@
 """The delivery scheduler: due messages go upstream in one session; retries, dead letters."""
 
 import asyncio
+import hashlib
 import time
+from binascii import hexlify
 
 from micropython import const
 
@@ -13,7 +15,14 @@ _CLOCK_RETRY = const(60)  # seconds between NTP attempts while the clock is unse
 _RESYNC = const(86400)  # boards keep their RTC honest with a daily NTP query
 _BOUNCE_HELO = "relaybox-bounce"  # marks our own notices, which never bounce again
 _SUB = "delivery"
-_SCAN = const(100)  # oldest queued messages looked at per round; one session takes them all
+_SCAN = const(100)  # oldest due messages taken per round; one session takes them all
+_SESSION_NOTE = "upstream"  # the session backoff, kept on flash across restarts
+
+
+def _session_wide(e):
+    """A failure that is not this message's: the session broke, or the server refuses the
+    account's own sender (MAIL 5xx other than 552, message size), the same for all mail."""
+    return e.code in (0, 421) or (e.stage == "mail" and e.code >= 500 and e.code != 552)
 
 
 class Delivery:
@@ -33,6 +42,7 @@ class Delivery:
         self._wake = asyncio.Event()
         self._failures = 0  # sessions in a row that could not be opened
         self._session_next = 0  # no session before this time (backoff, paused AUTH)
+        self._held = {}  # id -> time: messages whose progress could not be saved wait
         self._synced = 0
         self.state = "starting"
         self.reachable = None
@@ -42,6 +52,8 @@ class Delivery:
         self.next_attempt = None
         self.delivered = 0
         self.dead = 0
+        self._key = self._config_key()
+        self._load_backoff()
 
     def wake(self):
         """New mail was queued: look at the queue now (backoff still applies)."""
@@ -50,7 +62,56 @@ class Delivery:
     def retry_now(self):
         """The owner asked for a retry (and may have fixed the cause): skip the backoff."""
         self._session_next = 0
+        self._held = {}
         self._wake.set()
+
+    # -- the session backoff survives a restart, so a reboot loop cannot hammer AUTH --
+
+    def _config_key(self):
+        # The backoff belongs to these settings: new credentials or a new server start afresh.
+        u = self.ucfg
+        text = "%s|%s|%s|%s|%s|%s" % (
+            u["host"],
+            u["port"],
+            u["tls"],
+            u.get("user"),
+            u.get("password"),
+            u.get("ca"),
+        )
+        return hexlify(hashlib.sha256(text.encode()).digest()[:8]).decode()
+
+    def _load_backoff(self):
+        note = self.spool.note(_SESSION_NOTE)
+        if not note:
+            return
+        if note.get("key") != self._key:
+            self._save_backoff()  # other settings now: forget it
+            return
+        now = time.time()
+        self._failures = note.get("failures", 0)
+        # A clock set differently since then must not make the wait longer than a step.
+        self._session_next = min(note.get("next", 0), now + self.schedule[-1])
+        self.last_error = note.get("error")
+        if self._session_next > now:
+            log.warn(
+                _SUB,
+                "upstream failed before the restart (%s); next try in %d s"
+                % (self.last_error, self._session_next - now),
+            )
+
+    def _save_backoff(self):
+        note = None
+        if self._failures:
+            note = {
+                "key": self._key,
+                "failures": self._failures,
+                "next": self._session_next,
+                "error": self.last_error,
+            }
+        try:
+            self.spool.set_note(_SESSION_NOTE, note)
+        except OSError as e:
+            log.error(_SUB, "session backoff not saved: %r" % e)
 
     def resume_at(self):
         """When the next upstream session may start (0: now); backoff after failures."""
@@ -121,16 +182,27 @@ class Delivery:
         return ok
 
     def _due(self, now):
-        """Queued ids due now (oldest first) and the seconds until the next one is due."""
-        due = []
-        wait = _IDLE
-        for id in self.spool.ids(limit=_SCAN):
-            nxt = self.spool.state(id).get("next", 0)
+        """Queued ids due now (the oldest _SCAN of them) and the seconds until the next
+        one is due. Every message is looked at: new mail is never stuck behind a hundred
+        older messages that wait for their retry."""
+        wait = [_IDLE]
+
+        def due(id):
+            nxt = max(self.spool.state(id).get("next", 0), self._held.get(id, 0))
             if nxt <= now:
-                due.append(id)
-            else:
-                wait = min(wait, nxt - now)
-        return due, max(1, int(wait))
+                return True
+            wait[0] = min(wait[0], nxt - now)
+            return False
+
+        ids = self.spool.ids(limit=_SCAN, keep=due)
+        for id in list(self._held):
+            if self._held[id] <= now:
+                del self._held[id]
+        return ids, max(1, int(wait[0]))
+
+    def _hold(self, id):
+        """A message whose outcome could not be written to flash waits like a deferral."""
+        self._held[id] = time.time() + self.schedule[0]
 
     # -- one session --
 
@@ -141,20 +213,29 @@ class Delivery:
         except SubmitError as e:
             self._session_failed(e, ids)
             return
-        self._failures = 0
+        if self._failures:
+            self._failures = 0
+            self._save_backoff()
         self._session_next = 0
         self.reachable = self.authenticated = True
         self.last_error = None
         counts = [0, 0, 0]  # delivered, deferred, dead
         try:
-            for id in ids:
+            for i, id in enumerate(ids):
                 if not up.alive:
                     try:
                         await up.open()
                     except SubmitError as e:
-                        self._session_failed(e, ids[ids.index(id) :])
+                        self._session_failed(e, ids[i:])
                         break
-                counts[await self._one(id)] += 1
+                try:
+                    counts[await self._one(id)] += 1
+                except SubmitError as e:
+                    # The message was deferred; the rest wait for the session backoff
+                    # instead of a new session each (a 421 says "not now" for them all).
+                    counts[1] += 1
+                    self._session_failed(e, ids[i + 1 :])
+                    break
                 if up.alive:
                     try:
                         await up.reset()
@@ -181,6 +262,7 @@ class Delivery:
             # only gets the account locked. Wait the longest step; the mail stays queued.
             step = self.schedule[-1]
         self._session_next = time.time() + step
+        self._save_backoff()
         log.error(
             _SUB,
             "upstream session failed (%s); %d queued, next try in %d s"
@@ -219,48 +301,74 @@ class Delivery:
             return None
 
     async def _one(self, id):
-        """Send one message; return 0 delivered, 1 deferred, 2 dead."""
+        """Send one message; return 0 delivered, 1 deferred, 2 dead. When the session as a
+        whole failed, the message is deferred and the SubmitError raised.
+
+        The state (q/ID.s) keeps "rcpts", the recipients still to try, and "failed", those
+        refused for good; a recipient that got 250 is in neither and never gets it again.
+        """
         env = self._envelope(id)
         if env is None:
-            return 1
+            return self._unreadable(id)
         st = self.spool.state(id)
-        rcpts = st.get("rcpts") or env.rcpts
+        rcpts = st["rcpts"] if "rcpts" in st else env.rcpts
         try:
-            f = self.spool.open_message(env)
-        except OSError as e:  # dropped from the console meanwhile, or a flash error
-            log.error(_SUB, "id=%s cannot be opened: %r" % (id, e))
+            try:
+                f = self.spool.open_message(env)
+            except OSError as e:  # dropped from the console meanwhile, or a flash error
+                log.error(_SUB, "id=%s cannot be opened: %r" % (id, e))
+                self._hold(id)
+                return 1
+            try:
+                src = rewrite.Outbound(f, self.sender, env.sender)
+                results = await self.up.send(self.sender, rcpts, src, env.size + src.delta)
+            except SubmitError as e:
+                if e.results:
+                    results = e.results  # every recipient refused: judge each one
+                elif e.code >= 500 and not _session_wide(e):
+                    failed = st.get("failed", []) + [[r, e.code, e.text] for r in rcpts]
+                    st.update({"rcpts": [], "failed": failed})
+                    return self._refused(id, env, st, e)
+                else:
+                    self._defer(id, env, st, rcpts, "%s %s %s" % (e.stage, e.code, e.text))
+                    raise
+            finally:
+                f.close()
+            return self._judge(id, env, st, results)
+        except OSError as e:  # the outcome could not be written to flash
+            log.error(_SUB, "id=%s state not saved: %r" % (id, e))
+            self._hold(id)
             return 1
-        try:
-            src = rewrite.Outbound(f, self.sender, env.sender)
-            results = await self.up.send(self.sender, rcpts, src, env.size + src.delta)
-        except SubmitError as e:
-            if e.results:
-                results = e.results  # every recipient refused: judge each one
-            elif e.code >= 500:
-                return self._refused(id, env, st, [(r, e.code, e.text) for r in rcpts], e)
-            else:
-                return self._defer(id, env, st, rcpts, "%s %s %s" % (e.stage, e.code, e.text))
-        finally:
-            f.close()
+
+    def _judge(self, id, env, st, results):
         later = [r for r, c, _ in results if 400 <= c < 500]
         failed = st.get("failed", []) + [[r, c, t] for r, c, t in results if c >= 500]
         done = [r for r, c, _ in results if c < 400]
         self._summary(id, env, done, "sent")
+        if not later and not failed:
+            self.spool.remove(id)
+            self.delivered += 1
+            return 0
+        st.update({"rcpts": later, "failed": failed})
+        if done:
+            # Saved at once: whatever happens next, these recipients are not sent it again.
+            self.spool.set_state(id, st)
         if later:
-            st["failed"] = failed
-            return self._defer(
-                id,
-                env,
-                st,
-                later,
-                "; ".join("%s: %d %s" % (r, c, t) for r, c, t in results if r in later),
-            )
-        if failed:
-            st["failed"] = failed
-            return self._refused(id, env, st, failed, None)
-        self.spool.remove(id)
-        self.delivered += 1
-        return 0
+            why = "; ".join("%s: %d %s" % (r, c, t) for r, c, t in results if r in later)
+            return self._defer(id, env, st, later, why)
+        return self._refused(id, env, st, None)
+
+    def _unreadable(self, id):
+        # Kept for the owner to look at, out of the queue's way.
+        try:
+            self.spool.to_dead(id, {"reason": "unreadable spool file", "dead_at": time.time()})
+        except OSError as e:
+            log.error(_SUB, "id=%s could not move to dead letters: %r" % (id, e))
+            self._hold(id)
+            return 1
+        self.dead += 1
+        log.error(_SUB, "id=%s result=dead reason=unreadable spool file" % id)
+        return 2
 
     def _summary(self, id, env, rcpts, result):
         if rcpts:
@@ -274,6 +382,7 @@ class Delivery:
         now = time.time()
         why = " ".join(why.split())
         if self._age(env, st, now) > self.max_age:
+            st["rcpts"] = rcpts
             return self._to_dead(id, env, "gave up after %d s: %s" % (self.max_age, why), st)
         n = st.get("attempts", 0) + 1
         step = self.schedule[min(n - 1, len(self.schedule) - 1)]
@@ -282,11 +391,11 @@ class Delivery:
         log.warn(_SUB, "id=%s deferred (%s), retry in %d s" % (id, why, step))
         return 1
 
-    def _refused(self, id, env, st, failed, e):
+    def _refused(self, id, env, st, e):
         if e is not None:
             why = "%s %d %s" % (e.stage, e.code, " ".join(e.text.split()))
         else:
-            why = "; ".join("%s: %d %s" % (r, c, " ".join(t.split())) for r, c, t in failed)
+            why = "; ".join("%s: %d %s" % (r, c, " ".join(t.split())) for r, c, t in st["failed"])
         return self._to_dead(id, env, "refused: " + why, st)
 
     def _to_dead(self, id, env, why, st=None):
@@ -297,6 +406,7 @@ class Delivery:
             self.spool.to_dead(id, st)
         except OSError as e:
             log.error(_SUB, "id=%s could not move to dead letters: %r" % (id, e))
+            self._hold(id)
             return 1
         self.dead += 1
         log.error(

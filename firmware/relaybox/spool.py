@@ -178,11 +178,12 @@ class Spool:
         st = os.statvfs(self.root)
         return st[0] * st[4]
 
-    def ids(self, area=QUEUE, limit=50):
-        """The oldest message ids in an area (at most limit), oldest first."""
+    def ids(self, area=QUEUE, limit=50, keep=None):
+        """The oldest message ids in an area (at most limit), oldest first; with `keep`,
+        only the ids for which keep(id) is true."""
         out = []
         for name in self._names(area):
-            if "." in name:
+            if "." in name or (keep and not keep(name)):
                 continue
             if len(out) < limit:
                 out.append(name)
@@ -259,9 +260,34 @@ class Spool:
         _remove(self._path(QUEUE, id + ".s"))
 
     def revive(self, id):
-        """Put a dead letter back in the queue (the owner fixed the cause)."""
+        """Put a dead letter back in the queue (the owner fixed the cause). Only the
+        recipients that did not get it are tried again."""
+        st = self.state(id, DEAD)
+        if "rcpts" in st:
+            rest = st["rcpts"] + [f[0] for f in st.get("failed", ()) if f[0] not in st["rcpts"]]
+            # Written first: a power cut before the rename leaves an orphan that recover()
+            # removes, and the message stays a dead letter.
+            self.set_state(id, {"rcpts": rest})
         os.rename(self._path(DEAD, id), self._path(QUEUE, id))
         _remove(self._path(DEAD, id + ".s"))
+
+    def note(self, name):
+        """A small record kept beside the areas (the upstream backoff), or None."""
+        try:
+            with open("%s/%s.json" % (self.root, name)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def set_note(self, name, value):
+        """Replace a note atomically; None removes it."""
+        path = "%s/%s.json" % (self.root, name)
+        if value is None:
+            _remove(path)
+            return
+        with open(path + ".tmp", "w") as f:
+            json.dump(value, f)
+        os.rename(path + ".tmp", path)
 
 
 def is_full(err):

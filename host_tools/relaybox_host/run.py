@@ -69,9 +69,11 @@ def _terminal_state():
     """The terminal settings of stdin (the firmware changes echo), or None."""
     try:
         import termios
-
+    except ImportError:
+        return None
+    try:
         return termios.tcgetattr(0)
-    except (ImportError, OSError):
+    except (termios.error, OSError):  # stdin is not a terminal
         return None
 
 
