@@ -138,3 +138,42 @@ def test_missing_date_is_added_on_the_way_out(tmp_path, msg, before):
     assert out.count(b"Date: ") == 1
     assert out[: m.start()].endswith(before), out
     assert out.endswith(b"\r\n\r\nx\r\n")
+
+
+def lines_of(out):
+    return out.split(b"\r\n")
+
+
+@pytest.mark.parametrize("bufsize,space", [(7, b" "), (2048, b" "), (2048, b"")])
+def test_rewritten_lines_stay_within_998_octets(tmp_path, bufsize, space):
+    name = b"N" * 60 + b" " + b"x" * (994 - 6 - 61 - 10)  # a From: line of 994 octets
+    msg = b"From:" + space + name + b" <dev@lan>\r\nSubject: s\r\n" + DATE + b"\r\nbody\r\n"
+    assert len(msg.split(b"\r\n")[0]) == 993 + len(space)
+    out = rewritten(tmp_path, msg, bufsize=bufsize)
+    head, body = out.split(b"\r\n\r\n")
+    assert max(len(line) for line in lines_of(out)) <= 998, [len(x) for x in lines_of(out)]
+    # The original is kept whole, as folded fields.
+    assert b"\r\nX-Original-From:\r\n " + name + b" <dev@lan>\r\n" in out
+    assert b"\r\nReply-To:\r\n " + name + b" <dev@lan>\r\n" in out
+    assert re.search(rb'From: "N{60}\.\.\." <alice@example\.net>\r\n', head), head[:300]
+    assert body == b"body\r\n"
+
+
+def test_angle_bracket_inside_a_quoted_name_is_not_the_address(tmp_path):
+    msg = b'From: "Al <alice@example.net>" <evil@lan>\r\n' + DATE + b"\r\nx\r\n"
+    out = rewritten(tmp_path, msg)
+    assert out.startswith(b'From: "Al <alice@example.net>" <alice@example.net>\r\n'), out
+    assert b'\r\nX-Original-From: "Al <alice@example.net>" <evil@lan>\r\n' in out
+
+
+def test_empty_from_gives_the_envelope_sender_as_reply_to(tmp_path):
+    out = rewritten(tmp_path, b"From:\r\n" + DATE + b"\r\nx\r\n")
+    assert b"\r\nReply-To: <printer@lan>\r\n" in out
+    assert b"Reply-To:\r\n" not in out
+
+
+def test_from_list_longer_than_kept_replies_to_its_first_address(tmp_path):
+    many = b",\r\n ".join(b"dev%03d@lan" % i for i in range(200))
+    out = rewritten(tmp_path, b"From: " + many + b"\r\n" + DATE + b"\r\nx\r\n")
+    assert b"\r\nReply-To: <dev000@lan>\r\n" in out
+    assert b"\r\nX-Original-From: " + many + b"\r\n" in out

@@ -19,6 +19,7 @@ from .clock import rfc5322_date
 _LINE = const(1000)  # RFC 5322 §2.1.1: 998 characters plus CRLF
 _HEADER_MAX = const(65536)  # past this the header is not parsed; the message goes as it is
 _FIELD_MAX = const(1000)  # the part of a From: field kept for parsing
+_NAME_MAX = const(200)  # a longer display name is cut: the new From: line stays short
 
 
 def _name(line):
@@ -41,10 +42,32 @@ def _unquote(text):
     return bytes(out)
 
 
+def _angle(value):
+    """Where the first "<" outside quoted strings and comments is, or -1."""
+    quoted = escaped = False
+    depth = 0
+    for i, c in enumerate(value):
+        if escaped:
+            escaped = False
+        elif c == 0x5C:
+            escaped = True
+        elif quoted:
+            quoted = c != 0x22
+        elif c == 0x22:
+            quoted = True
+        elif c == 0x28:
+            depth += 1
+        elif c == 0x29 and depth:
+            depth -= 1
+        elif c == 0x3C and not depth:
+            return i
+    return -1
+
+
 def parse_from(value):
     """Return (display name, address) from a From: field body (bytes), best effort."""
     value = b" ".join(value.split())  # unfold
-    lt = value.find(b"<")
+    lt = _angle(value)
     if lt >= 0:
         gt = value.find(b">", lt)
         addr = value[lt + 1 : gt if gt > 0 else len(value)].strip()
@@ -70,6 +93,13 @@ def from_header(display, original_addr, sender):
     address as display name would look like spoofing, so "dev@lan" shows as "dev at lan"."""
     if not display:
         display = original_addr.replace(b"@", b" at ")
+    if len(display) > _NAME_MAX:
+        # Encoded words cannot be cut in the middle; other names are cut at a space.
+        if b"=?" in display:
+            display = original_addr.replace(b"@", b" at ")[:_NAME_MAX]
+        else:
+            cut = display.rfind(b" ", 0, _NAME_MAX)
+            display = display[: cut if cut > 0 else _NAME_MAX] + b"..."
     if b"=?" in display:
         name = display  # RFC 2047 encoded words must not be quoted
     elif display:
@@ -77,6 +107,11 @@ def from_header(display, original_addr, sender):
     else:
         name = b""
     return b"From: " + (name + b" " if name else b"") + b"<" + sender.encode() + b">\r\n"
+
+
+def _fold(body):
+    # A line break before a field body; the next line must start with white space.
+    return b"\r\n" if body[:1] in (b" ", b"\t") else b"\r\n "
 
 
 class Outbound:
@@ -91,6 +126,7 @@ class Outbound:
         self.base = f.tell()
         self.insert_at = None  # offset from base where `extra` goes in
         self.extra = b""
+        self.skip = 0  # original bytes left out right after `extra`
         self._scan(sender, envelope_from)
         f.seek(self.base)
         self.pos = 0  # bytes of the original consumed
@@ -99,13 +135,16 @@ class Outbound:
     @property
     def delta(self):
         """How many bytes longer the message is on the way out."""
-        return len(self.extra)
+        return len(self.extra) - self.skip
 
     def _scan(self, sender, envelope_from):
         f = self.f
         offset = 0
         from_at = None
         from_value = b""
+        from_first = 0  # length of the From: field's first line, CRLF excluded
+        from_colon = 0  # where its body starts, after the colon
+        from_cut = False  # from_value holds only the start of the field
         in_from = False
         has_reply_to = False
         has_date = False
@@ -120,20 +159,27 @@ class Outbound:
                 offset = start
                 break
             if bol and line[:1] in (b" ", b"\t"):
-                if in_from and len(from_value) < _FIELD_MAX:
-                    from_value += line
+                if in_from:
+                    from_cut = from_cut or len(from_value) >= _FIELD_MAX
+                    if not from_cut:
+                        from_value += line
             elif bol:
                 name = _name(line)
                 in_from = name == b"from" and from_at is None
                 if in_from:
                     from_at = start
-                    from_value = line[line.find(b":") + 1 :]
+                    from_colon = line.find(b":") + 1
+                    from_value = line[from_colon:]
+                    from_first = len(line.rstrip(b"\r\n"))
                 elif name == b"reply-to":
                     has_reply_to = True
                 elif name == b"date":
                     has_date = True
-            elif in_from and len(from_value) < _FIELD_MAX:
-                from_value += line
+            elif in_from:
+                from_first += len(line.rstrip(b"\r\n"))
+                from_cut = from_cut or len(from_value) >= _FIELD_MAX
+                if not from_cut:
+                    from_value += line
             bol = line.endswith(b"\n")
         else:
             return  # a header this long is left alone
@@ -156,9 +202,25 @@ class Outbound:
         self.insert_at = from_at
         self.extra = from_header(display, addr, sender) + date
         if not has_reply_to:
-            # The original field body, folding and all, is a valid Reply-To body.
-            self.extra += b"Reply-To:" + from_value.rstrip(b"\r\n") + b"\r\n"
-        self.extra += b"X-Original-"  # the original "From:" line follows
+            if b"@" not in addr:
+                # An empty or unreadable From: gives no one to answer: the envelope does.
+                if envelope_from:
+                    self.extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
+            elif from_cut:
+                # Only the start of a long list was kept: answer its first address.
+                self.extra += b"Reply-To: <" + addr + b">\r\n"
+            else:
+                # The original field body, folding and all, is a valid Reply-To body; it
+                # starts on a line of its own when one more line would pass 998 octets.
+                fold = _fold(from_value) if from_first > _LINE - 7 else b""
+                self.extra += b"Reply-To:" + fold + from_value.rstrip(b"\r\n") + b"\r\n"
+        if from_first > _LINE - 2 - 11:
+            # "X-Original-" would push the line past 998 octets: the field name goes on a
+            # line of its own and the original "From:" is left out of the stream.
+            self.extra += b"X-Original-From:" + _fold(from_value)
+            self.skip = from_colon
+        else:
+            self.extra += b"X-Original-"  # the original "From:" line follows
 
     def readinto(self, buf):
         mv = memoryview(buf)
@@ -173,6 +235,9 @@ class Outbound:
             self.sent_extra += k
             if self.sent_extra == len(self.extra):
                 self.sent_extra = None
+                if self.skip:
+                    self.f.seek(self.base + self.insert_at + self.skip)
+                    self.pos += self.skip
             return k
         n = self.f.readinto(buf)
         self.pos += n or 0
