@@ -154,7 +154,8 @@ def test_rewritten_lines_stay_within_998_octets(tmp_path, bufsize, space):
     assert max(len(line) for line in lines_of(out)) <= 998, [len(x) for x in lines_of(out)]
     # The original is kept whole, as folded fields.
     assert b"\r\nX-Original-From:\r\n " + name + b" <dev@lan>\r\n" in out
-    assert b"\r\nReply-To:\r\n " + name + b" <dev@lan>\r\n" in out
+    fold = b"\r\n " if space else b""  # 997 octets still fit on one line
+    assert b"\r\nReply-To:" + fold + name + b" <dev@lan>\r\n" in out
     assert re.search(rb'From: "N{60}\.\.\." <alice@example\.net>\r\n', head), head[:300]
     assert body == b"body\r\n"
 
