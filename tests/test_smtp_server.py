@@ -1,7 +1,11 @@
 """The LAN SMTP server, driven over loopback while the firmware runs under MicroPython."""
 
+import os
 import smtplib
+import socket
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from relayproc import R
@@ -160,6 +164,21 @@ def test_pipelined_transaction(relay):
         (["EHLO x", "MAIL FROM:<a@lan> SIZE=1000 BODY=8BITMIME"], "SENDER_OK"),
         (["EHLO x", "MAIL FROM:<@relay.lan:a@lan>"], "SENDER_OK"),
         (["EHLO x", "MAIL FROM:<a@lan>", "RCPT TO:<Postmaster>"], "RCPT_OK"),
+        (["EHLO " + "h" * 256], "ARGS"),
+        (["HELO " + "h" * 256], "ARGS"),
+        (["HELO " + "h" * 255], None),
+        (["EHLO x", "MAIL FROM:<a@lan> SIZE=abc"], "ARGS"),
+        (["EHLO x", "MAIL FROM:<a@lan> SIZE="], "ARGS"),
+        (["EHLO x", "MAIL FROM:<a@lan> BODY=BINARYMIME"], "ARGS"),
+        (["EHLO x", "MAIL FROM:<@relay.lan:>"], "BAD_SENDER"),
+        (["EHLO x", 'MAIL FROM:<"a b"@lan>'], "SENDER_OK"),
+        (["EHLO x", 'MAIL FROM:<"a\\"b"@lan>'], "SENDER_OK"),
+        (["EHLO x", "MAIL FROM:<a@lan>", 'RCPT TO:<"x>y"@example.net>'], "RCPT_OK"),
+        (["EHLO x", 'MAIL FROM:<"a"b@lan>'], "BAD_SENDER"),
+        (["EHLO x", 'MAIL FROM:<"ab@lan>'], "BAD_SENDER"),
+        (["EHLO x", "MAIL FROM:<a b@lan>"], "BAD_SENDER"),
+        (["RSET now"], "ARGS"),
+        (["QUIT now"], "ARGS"),
     ],
 )
 def test_reply_codes(relay, commands, expected):
@@ -168,6 +187,9 @@ def test_reply_codes(relay, commands, expected):
     for line in commands[:-1]:
         assert c.cmd(line)[:1] == b"2", line
     r = c.cmd(commands[-1])
+    if expected is None:
+        assert r.startswith(b"250 "), r
+        return
     want = R[expected]
     assert r == (want if isinstance(want, bytes) else want.encode()), (commands, r)
 
@@ -326,6 +348,21 @@ def test_client_outside_allow_list_is_refused(relay_factory):
     relay = relay_factory(allow=["10.0.0.0/8"])
     c = relay.connect()
     assert c.reply() == R["ACCESS_DENIED"].format("127.0.0.1").encode()
+    # RFC 5321 section 3.1: after a 554 greeting the server waits for QUIT, answering 503.
+    assert c.cmd("EHLO dev.lan") == R["REFUSED_CLIENT"]
+    assert c.cmd("MAIL FROM:<a@lan>") == R["REFUSED_CLIENT"]
+    assert c.cmd("QUIT") == R["CLOSING"]
+    assert c.closed()
+    assert relay.queued() == []
+
+
+def test_refused_client_that_never_quits_is_closed(relay_factory):
+    relay = relay_factory(allow=["10.0.0.0/8"], max_errors=3)
+    c = relay.connect()
+    c.reply()
+    assert c.cmd("HELO x") == R["REFUSED_CLIENT"]
+    assert c.cmd("RCPT TO:<b@example.net>") == R["REFUSED_CLIENT"]
+    assert c.cmd("DATA") == R["TOO_MANY_ERRORS"]
     assert c.closed()
 
 
@@ -347,3 +384,107 @@ def test_pipelining_client_that_never_reads(relay_factory):
     relay.wait_log("idle timeout", timeout=15)
     assert relay.proc.poll() is None
     assert "MemoryError" not in relay.log()
+
+
+def _sockets(pid):
+    n = 0
+    for f in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            n += os.readlink(f).startswith("socket:")
+        except FileNotFoundError:  # closed while we looked
+            pass
+    return n
+
+
+def test_idle_clients_that_never_read_do_not_keep_their_sockets(relay_factory):
+    """The 421 farewell to a client that reads nothing cannot be delivered: the socket is
+    closed all the same, so such clients cannot use up sockets or memory."""
+    relay = relay_factory(heap="128K", idle_timeout=2)
+    base = _sockets(relay.proc.pid)
+    floods = []
+    for _ in range(6):
+        c = relay.connect()
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.sock.settimeout(0.5)
+        try:
+            for _ in range(400):
+                c.sock.sendall(b"NOOP\r\n" * 2000)
+        except OSError:
+            pass  # blocked: the relay stopped reading
+        floods.append(c)  # kept open, never read
+    deadline = time.monotonic() + 15
+    while _sockets(relay.proc.pid) > base and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _sockets(relay.proc.pid) == base, relay.log()
+    assert relay.log().count("idle timeout") == 6
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
+        assert s.noop()[0] == 250
+    assert "MemoryError" not in relay.log()
+
+
+def test_header_section_kept_whole(relay):
+    """Odd but valid fields stay in the header; the Received: line is well formed for any
+    number of recipients; nothing the device wrote is taken for a continuation of ours."""
+    c = relay.connect()
+    c.reply()
+    c.cmd("EHLO dev.lan")
+    c.cmd("MAIL FROM:<a@lan>")
+    c.cmd("RCPT TO:<b@example.net>")
+    c.cmd("RCPT TO:<c@example.net>")
+    assert c.cmd("DATA") == R["START_DATA"]
+    long_name = b"X-" + b"a" * 90
+    line998 = b"z" * 998
+    c.send(long_name + b": v\r\nMessage-ID : <dev.1@lan>\r\nSubject: s\r\n\r\n")
+    assert c.cmd(line998 + b"\r\n.").startswith(b"250 2.0.0 Queued as ")
+    (id,) = relay.queued()
+    _, msg = relay.message(id)
+    head, body = msg.split(b"\r\n\r\n", 1)
+    fields = head.split(b"\r\n")
+    assert fields[0].startswith(b"Received: from dev.lan ([127.0.0.1])")
+    assert all(f[:1] in (b"\t", b" ") or b":" in f for f in fields), fields
+    assert fields[1].endswith(b";") and fields[2].startswith(b"\t"), fields  # "; date"
+    assert long_name + b": v" in fields and b"Message-ID : <dev.1@lan>" in fields
+    assert sum(f.lower().startswith(b"message-id") for f in fields) == 1, fields
+    assert body == line998 + b"\r\n"
+
+
+def test_message_starting_with_white_space_gets_its_own_body(relay):
+    c = relay.connect()
+    c.reply()
+    for cmd in ("EHLO dev.lan", "MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(cmd)
+    assert c.cmd(b"   indented first line\r\n.").startswith(b"250 ")
+    (id,) = relay.queued()
+    _, msg = relay.message(id)
+    head, body = msg.split(b"\r\n\r\n", 1)
+    assert body == b"   indented first line\r\n", msg
+    assert b"indented" not in head
+
+
+def test_data_line_of_999_octets_is_refused(relay):
+    c = relay.connect()
+    c.reply()
+    for cmd in ("EHLO dev.lan", "MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(cmd)
+    assert c.cmd(b"Subject: s\r\n\r\n" + b"x" * 999 + b"\r\n.") == R["DATA_LINE_TOO_LONG"]
+    # Dot-stuffed, 998 octets of text are 999 on the wire: accepted.
+    for cmd in ("MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(cmd)
+    assert c.cmd(b"Subject: s\r\n\r\n." + b"." * 998 + b"\r\n.").startswith(b"250 ")
+    (id,) = relay.queued()
+    assert relay.message(id)[1].endswith(b"\r\n\r\n" + b"." * 998 + b"\r\n")
+
+
+def test_refusals_do_not_use_up_the_error_budget(relay_factory):
+    """A device told "too big" or "too many recipients" many times is not a broken client."""
+    relay = relay_factory(max_errors=2, max_recipients=1)
+    c = relay.connect()
+    c.reply()
+    c.cmd("EHLO dev.lan")
+    for _ in range(5):
+        assert c.cmd("MAIL FROM:<a@lan> SIZE=99999999") == R["SIZE_EXCEEDED"]
+    assert c.cmd("MAIL FROM:<a@lan>") == R["SENDER_OK"]
+    assert c.cmd("RCPT TO:<b@example.net>") == R["RCPT_OK"]
+    for _ in range(5):
+        assert c.cmd("RCPT TO:<c@example.net>") == R["TOO_MANY_RCPTS"]
+    assert c.cmd("NOOP") == R["OK"]

@@ -7,17 +7,18 @@ _WSP = (0x20, 0x09)
 
 
 def _field_name(line):
-    """The lower-case name of a header field line, or None when it is not one."""
+    """The lower-case name of a header field line, or None when it is not one. A name is
+    printable ASCII without colon, of any length; white space may stand before the colon
+    (the obsolete syntax of RFC 5322 section 4.5, which receivers must accept)."""
     i = 0
     n = len(line)
-    # RFC 5322 field names are printable ASCII without colon; 76 is plenty.
-    while i < n and i < 77:
-        c = line[i]
-        if c == 0x3A:
-            return bytes(line[:i]).lower() if i else None
-        if c <= 0x20 or c >= 0x7F:
-            return None
+    while i < n and 0x20 < line[i] < 0x7F and line[i] != 0x3A:
         i += 1
+    j = i
+    while j < n and line[j] in _WSP:
+        j += 1
+    if i and j < n and line[j] == 0x3A:
+        return bytes(line[:i]).lower()
     return None
 
 
@@ -29,6 +30,7 @@ class Inbound:
         self.msg_id = msg_id
         self.hostname = hostname
         self.in_header = True
+        self.fields = 0  # header lines seen
         self.has_date = False
         self.has_msgid = False
         out.write(received)
@@ -48,6 +50,10 @@ class Inbound:
         if self.in_header:
             if not len(text):
                 self._end_header()
+            elif text[0] in _WSP and not self.fields:
+                # Continuation of nothing (it would fold into our Received:): body text.
+                self._end_header()
+                self.out.write(_CRLF)
             elif text[0] not in _WSP:
                 name = _field_name(text)
                 if name == b"date":
@@ -58,6 +64,8 @@ class Inbound:
                     # Body text without a blank line first: close the header for it.
                     self._end_header()
                     self.out.write(_CRLF)
+        if self.in_header:
+            self.fields += 1
         self.out.write(text)
         self.out.write(_CRLF)
 
@@ -68,12 +76,12 @@ class Inbound:
 
 def received(helo, peer_ip, hostname, msg_id, rcpts):
     """A Received: field (RFC 5321 section 4.4) for the top of the message."""
-    v = "Received: from %s ([%s])\r\n\tby %s (relaybox) with ESMTP id %s\r\n" % (
+    v = "Received: from %s ([%s])\r\n\tby %s (relaybox) with ESMTP id %s" % (
         helo,
         peer_ip,
         hostname,
         msg_id,
     )
-    if len(rcpts) == 1:
-        v += "\tfor <%s>" % rcpts[0]
-    return (v + "; %s\r\n" % rfc5322_date()).encode()
+    if len(rcpts) == 1:  # one recipient only: more would tell each who else got it
+        v += "\r\n\tfor <%s>" % rcpts[0]
+    return (v + ";\r\n\t%s\r\n" % rfc5322_date()).encode()

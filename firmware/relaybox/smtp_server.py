@@ -15,6 +15,9 @@ _MAX_LINE = const(1000)
 _MAX_DATA_LINE = const(1001)
 _BUF_SIZE = const(1024)  # one longest line (1001) and a little more
 _MAX_PATH = const(256)  # RFC 5321 section 4.5.3.1.3
+_MAX_DOMAIN = const(255)  # RFC 5321 section 4.5.3.1.2
+_MAX_TEXT = const(998)  # octets in a message line, without CRLF (RFC 5322 section 2.1.1)
+_FAREWELL_MS = const(2000)  # a client that reads nothing does not hold its socket longer
 # Flash kept free for delivery state and the filesystem's own blocks.
 _RESERVE = const(32768)
 
@@ -86,27 +89,50 @@ def _is_ascii_text(line):
     return True
 
 
+def _quote_end(text, i):
+    """Index of the quote that closes the quoted string opening at text[i], or -1."""
+    i += 1
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 1
+        elif c == '"':
+            return i
+        i += 1
+    return -1
+
+
 def _parse_path(arg, prefix):
-    """Split 'FROM:<a@b> PARAMS' into ('a@b', [params]); None when malformed."""
+    """Split 'FROM:<a@b> PARAMS' into ('a@b', [params]); None when malformed. A quoted
+    local part ("a b"@c, RFC 5321 section 4.1.2) may hold spaces and angle brackets."""
     if not arg.upper().startswith(prefix):
         return None
     arg = arg[len(prefix) :].lstrip()
     if not arg.startswith("<"):
         return None
-    close = arg.find(">")
+    start = 1
+    # A source route (@a,@b:user@c) is to be ignored (RFC 5321 appendix C).
+    if arg.startswith("<@"):
+        colon = arg.find(":")
+        if colon < 0 or colon > arg.find(">"):
+            return None
+        start = colon + 1
+    local_end = start
+    if arg[start : start + 1] == '"':
+        local_end = _quote_end(arg, start)
+        if local_end < 0 or arg[local_end + 1 : local_end + 2] != "@":
+            return None
+    close = arg.find(">", local_end)
     if close < 0:
         return None
-    path = arg[1:close]
+    path = arg[start:close]
     rest = arg[close + 1 :]
     if rest and rest[0] != " ":
         return None
-    # A source route (@a,@b:user@c) is to be ignored (RFC 5321 appendix C).
-    if path.startswith("@"):
-        colon = path.find(":")
-        if colon < 0:
-            return None
-        path = path[colon + 1 :]
-    if len(path) > _MAX_PATH or " " in path or "<" in path:
+    if start > 1 and not path:
+        return None  # a route to nobody
+    bare = path[local_end + 1 - start :] if local_end > start else path  # past the quotes
+    if len(path) > _MAX_PATH or " " in bare or "<" in bare or '"' in bare:
         return None
     return path, rest.split()
 
@@ -153,6 +179,7 @@ class Session:
         if not srv.policy.may_relay(self.peer):
             log.warn("smtp", "peer=%s refused: not in allow list" % self.peer)
             await self.reply(replies.ACCESS_DENIED.format(self.peer).encode())
+            await self._refused()
             return
         await self.reply(replies.GREETING.format(srv.hostname).encode())
         while True:
@@ -164,6 +191,19 @@ class Session:
                     return
                 continue
             if not await self._command(line):
+                return
+
+    async def _refused(self):
+        # After a 554 greeting the server waits for QUIT and answers 503 to anything
+        # else (RFC 5321 section 3.1), within the idle timeout and the error budget.
+        while True:
+            line = await self.reader.readline(_MAX_LINE)
+            if line is None:
+                return
+            if line is not _LONG and bytes(line[:4]).upper() == b"QUIT":
+                await self.reply(replies.CLOSING)
+                return
+            if await self._error(replies.REFUSED_CLIENT):
                 return
 
     async def _error(self, reply):
@@ -193,27 +233,29 @@ class Session:
             return False
         if reply is None:
             return True
-        if reply[0] in b"45" and reply[:3] not in (b"452", b"421"):
+        if reply[:2] == b"50" or reply[:3] == b"555":
+            # Protocol mistakes count against the budget; refusals (a recipient, the
+            # size, a full flash) are ordinary answers a device may get many times.
             return not await self._error(reply)
         await self.reply(reply)
         return not reply.startswith(b"421")
 
     async def do_helo(self, arg):
-        if not arg or " " in arg:
+        if not arg or " " in arg or len(arg) > _MAX_DOMAIN:
             return replies.ARGS
         self._reset()
         self.helo = arg
         return ("250 %s\r\n" % self.server.hostname).encode()
 
     async def do_ehlo(self, arg):
-        if not arg or " " in arg:
+        if not arg or " " in arg or len(arg) > _MAX_DOMAIN:
             return replies.ARGS
         self._reset()
         self.helo = arg
         return (
             "250-%s greets %s\r\n250-SIZE %d\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
             "250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n"
-            % (self.server.hostname, arg, self.server.size_limit())
+            % (self.server.hostname, arg, self.server.max_bytes)
         ).encode()
 
     async def do_mail(self, arg):
@@ -227,14 +269,17 @@ class Session:
         path, params = parsed
         for p in params:
             key, _, value = p.upper().partition("=")
-            if key == "SIZE" and value.isdigit():
+            if key == "SIZE":
+                if not value.isdigit():
+                    return replies.ARGS
                 size = int(value)
                 if size > self.server.max_bytes:
                     return replies.SIZE_EXCEEDED
-                if size > self.server.size_limit():
-                    return replies.STORAGE_FULL
-            elif key == "BODY" and value in ("7BIT", "8BITMIME"):
-                pass
+                if size > self.server.spool_free():
+                    return replies.STORAGE_FULL  # a temporary shortage (RFC 1870 section 6)
+            elif key == "BODY":
+                if value not in ("7BIT", "8BITMIME"):
+                    return replies.ARGS
             else:
                 return replies.PARAM_UNKNOWN
         if self.server.spool_free() <= 0:
@@ -311,6 +356,7 @@ class Session:
         )
         result = replies.OK
         size = 0
+        room = srv.spool_free()  # what the flash can take without eating the reserve
         after_crlf = True
         while True:
             line = await self.reader.readline(_MAX_DATA_LINE)
@@ -319,6 +365,7 @@ class Session:
             if line is _LONG:
                 if result is replies.OK:
                     result = replies.DATA_LINE_TOO_LONG
+                    w.abort()
                 after_crlf = self.reader.long_crlf
                 continue
             n = len(line) - 1
@@ -333,14 +380,22 @@ class Session:
             size += len(text) + 2
             if result is not replies.OK:
                 continue
-            if size > srv.max_bytes:
+            if len(text) > _MAX_TEXT:
+                result = replies.DATA_LINE_TOO_LONG
+            elif size > srv.max_bytes:
                 result = replies.SIZE_EXCEEDED
-                continue
-            try:
-                msg.line(text)
-            except OSError as e:
-                log.error("spool", "write failed: %r" % e)
-                result = replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+            elif size > room:
+                result = replies.STORAGE_FULL
+            else:
+                try:
+                    msg.line(text)
+                except OSError as e:
+                    log.error("spool", "write failed: %r" % e)
+                    result = replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
+            if result is not replies.OK:
+                # The rest is read and thrown away; the flash it took is free again now,
+                # for the other clients.
+                w.abort()
         if result is replies.OK:
             try:
                 msg.finish()
@@ -349,6 +404,8 @@ class Session:
         return result
 
     async def do_rset(self, arg):
+        if arg:
+            return replies.ARGS
         self._reset()
         return replies.OK
 
@@ -356,6 +413,8 @@ class Session:
         return replies.OK
 
     async def do_quit(self, arg):
+        if arg:
+            return replies.ARGS
         await self.reply(replies.CLOSING)
         return True
 
@@ -412,10 +471,6 @@ class Server:
         except OSError:
             return 0
 
-    def size_limit(self):
-        """RFC 1870 SIZE: the configured limit, or less when the flash is nearly full."""
-        return max(1, min(self.max_bytes, self.spool_free()))
-
     def queued(self, id):
         if self.on_queued:
             self.on_queued(id)
@@ -442,12 +497,13 @@ class Server:
             log.warn("smtp", "peer=%s refused: %d clients already" % (peer, len(self.sessions)))
             await self._close(writer, replies.TOO_BUSY)
             return
-        s = Session(self, writer, peer)
-        s.task = asyncio.current_task()
-        self.sessions.append(s)
-        log.debug("smtp", "peer=%s connected" % peer)
+        s = None
         farewell = None
         try:
+            s = Session(self, writer, peer)  # its buffers may not fit: close all the same
+            s.task = asyncio.current_task()
+            self.sessions.append(s)
+            log.debug("smtp", "peer=%s connected" % peer)
             await s.run()
         except asyncio.CancelledError:
             if s.timed_out:
@@ -461,15 +517,16 @@ class Server:
         except Exception as e:
             log.error("smtp", "peer=%s session failed: %r" % (peer, e))
         finally:
-            self.sessions.remove(s)
+            if s in self.sessions:
+                self.sessions.remove(s)
             await self._close(writer, farewell)
 
     async def _close(self, writer, farewell):
         try:
             if farewell:
                 writer.write(farewell)
-                await writer.drain()
-        except Exception:
+                await asyncio.wait_for_ms(writer.drain(), _FAREWELL_MS)
+        except Exception:  # includes the timeout: a client that reads nothing
             pass
         try:
             writer.close()

@@ -16,7 +16,7 @@ from micropython import const
 
 _MAGIC = b"RBX1\n"
 _OUT_SIZE = const(512)  # batches short lines into fewer flash writes
-_MAX_ENV_LINE = const(600)
+_MAX_ENV_LINE = const(1100)  # a command line is at most 1000 octets
 _ENOENT = const(2)
 _ENOSPC = const(28)
 QUEUE = "q"
