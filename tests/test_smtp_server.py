@@ -488,3 +488,18 @@ def test_refusals_do_not_use_up_the_error_budget(relay_factory):
     for _ in range(5):
         assert c.cmd("RCPT TO:<c@example.net>") == R["TOO_MANY_RCPTS"]
     assert c.cmd("NOOP") == R["OK"]
+
+
+def test_bare_cr_is_stored_as_a_line_end(relay):
+    """A CR LF-less "CR . CR" ends the data for some servers: stored as line ends, the dot is then
+    stuffed on the way out like any line that starts with a dot."""
+    c = relay.connect()
+    c.reply()
+    for cmd in ("EHLO dev.lan", "MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(cmd)
+    c.send(b"Subject: s\r\n\r\nx\r.\rMAIL FROM:<e@v>\r\n..y\r\r\n")
+    assert c.cmd(b".").startswith(b"250 ")
+    (id,) = relay.queued()
+    body = relay.message(id)[1].split(b"\r\n\r\n", 1)[1]
+    assert body == b"x\r\n.\r\nMAIL FROM:<e@v>\r\n.y\r\n\r\n", body
+    assert b"\r" not in body.replace(b"\r\n", b"")

@@ -44,6 +44,7 @@ class LineReader:
         self.mv = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.at = 0  # where the line last returned starts in buf
         self.long_crlf = False
 
     def pending(self):
@@ -63,6 +64,7 @@ class LineReader:
                     self.long_crlf = (self.buf[i - 1] if i > self.start else last) == 0x0D
                     self.start = i + 1
                     return _LONG
+                self.at = self.start
                 self.start = i + 1
                 return line
             if self.end - self.start > limit:
@@ -388,7 +390,15 @@ class Session:
                 result = replies.STORAGE_FULL
             else:
                 try:
-                    msg.line(text)
+                    lo = self.reader.at + (n - len(text))
+                    if self.reader.buf.find(b"\r", lo, lo + len(text)) < 0:
+                        msg.line(text)
+                    else:
+                        # A bare CR is a line end to some servers, so "\r.\r" could end
+                        # the data there (SMTP smuggling): it is stored as a line end, as
+                        # a bare LF is, and the dot-stuffing on the way out covers it.
+                        for piece in bytes(text).split(b"\r"):
+                            msg.line(piece)
                 except OSError as e:
                     log.error("spool", "write failed: %r" % e)
                     result = replies.STORAGE_FULL if is_full(e) else replies.LOCAL_ERROR
