@@ -491,8 +491,8 @@ def test_refusals_do_not_use_up_the_error_budget(relay_factory):
 
 
 def test_bare_cr_is_stored_as_a_line_end(relay):
-    """A CR LF-less "CR . CR" ends the data for some servers: stored as line ends, the dot is then
-    stuffed on the way out like any line that starts with a dot."""
+    """CR, dot, CR ends the data for some servers: bare CRs are stored as line ends, and
+    the dot is then stuffed on the way out like any line that starts with a dot."""
     c = relay.connect()
     c.reply()
     for cmd in ("EHLO dev.lan", "MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
