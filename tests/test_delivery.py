@@ -89,6 +89,27 @@ def test_unreachable_then_many_messages_in_one_session(relay_factory, certs):
     ]
 
 
+def test_unreachable_upstream_is_retried_on_schedule_without_new_mail(relay_factory, certs):
+    """Nothing wakes delivery but its own backoff: the retries follow retry.schedule."""
+    port = free_port()
+    up = Upstream(certs, "implicit")
+    up.port = up.controller.port = port
+    relay = relay_factory(upstream=upstream_cfg(up, port=port, retry={"schedule": [1, 2]}))
+    submit(relay)
+    started = time.monotonic()
+    wait_for(
+        lambda: relay.log().count("upstream session failed (connect: ") >= 3,
+        timeout=15,
+        what="three attempts",
+        relay=relay,
+    )
+    # 1 s then 2 s (the last step repeats): the third try comes about 3 s after the first.
+    assert time.monotonic() - started < 10, relay.log()
+    with up:
+        wait_for(lambda: up.messages, timeout=15, what="delivery on a retry", relay=relay)
+        wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+
+
 def test_4xx_is_retried_then_delivered(relay_factory, certs):
     plan = {"data": ["451 4.3.0 Try again later"]}
     with Upstream(certs, "starttls", plan=plan) as up:
@@ -347,3 +368,81 @@ def test_session_backoff_survives_a_restart(relay_factory, certs):
         wait_for(lambda: up.messages, what="delivery with the right password", relay=relay)
     assert [ok for _, _, ok in up.handler.auth_attempts] == [False, True]
     assert not (relay.spool / "upstream.json").exists()
+
+
+BOOT_WITH_UNSET_CLOCK = """
+import sys
+import time as real
+
+class Time:
+    # A board after a power cut: its clock counts from 2021 until NTP answers.
+    offset = real.time() - real.mktime((2021, 1, 1, 0, 0, 0, 0, 0))
+
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+    def time(self):
+        return real.time() - self.offset
+
+    def gmtime(self, t=None):
+        return real.gmtime(int(self.time()) if t is None else t)
+
+sys.modules["time"] = Time()
+
+import asyncio, json
+from relaybox import config, delivery, spool
+
+cfg = config.Config.from_json(json.loads(%r), %r)
+class Relay:
+    pass
+r = Relay()
+r.cfg, r.spool = cfg, spool.Spool(%r)
+r.spool.recover()
+w = r.spool.writer("printer@lan", ["bob@example.org"], "lan", "dev")
+w.write(b"Subject: x\\r\\n\\r\\nhi\\r\\n")
+w.commit()
+key = delivery.Delivery(r)._key
+# What the last boot left: a 535 a minute ago, next try in an hour (real time).
+r.spool.set_note("upstream", {"key": key, "failures": 1, "next": real.time() + 3600,
+                              "error": "auth: credentials refused"})
+d = delivery.Delivery(r)
+
+async def main():
+    for _ in range(2):  # the second round is what new mail would cause
+        wait = await d._round()
+        print(d.state, "|", d.last_error, "|", wait > 3000)
+
+asyncio.run(main())
+"""
+
+
+def test_backoff_from_before_a_reboot_holds_once_ntp_set_the_clock(tmp_path, certs):
+    """A board reads its saved backoff while its clock still says 2021: the wait must be
+    measured once NTP has set the clock, or a reboot retries a refused password at once."""
+    import mpdriver
+
+    (tmp_path / "board.py").write_text("HAS_NTP = True\n")
+    (tmp_path / "ntptime.py").write_text(
+        "import sys\nhost = 'pool.ntp.org'\ndef settime():\n    sys.modules['time'].offset = 0\n"
+    )
+    port = free_port()  # nobody listens: an attempt would show as a connect error
+    up = {
+        "host": "localhost",
+        "port": port,
+        "tls": "implicit",
+        "user": USER,
+        "password": "wrong",
+        "ca": certs.ca_pem,
+        "retry": {"schedule": [60, 3600], "max_age": 86400},
+    }
+    script = BOOT_WITH_UNSET_CLOCK % (
+        json.dumps({"spool": "spool", "upstream": up}),
+        str(tmp_path / "config.json"),
+        str(tmp_path / "spool"),
+    )
+    result = mpdriver.run(
+        script, env={"MICROPYPATH": "%s:.frozen:%s" % (tmp_path, mpdriver.FIRMWARE)}
+    )
+    assert result.returncode == 0, result.stderr
+    rounds = [line for line in result.stdout.splitlines() if "|" in line]
+    assert rounds == ["waiting to retry | auth: credentials refused | True"] * 2, result.stdout

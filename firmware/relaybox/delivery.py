@@ -53,7 +53,7 @@ class Delivery:
         self.delivered = 0
         self.dead = 0
         self._key = self._config_key()
-        self._load_backoff()
+        self._note = self.spool.note(_SESSION_NOTE)  # applied once the clock is right
 
     def wake(self):
         """New mail was queued: look at the queue now (backoff still applies)."""
@@ -62,6 +62,7 @@ class Delivery:
     def retry_now(self):
         """The owner asked for a retry (and may have fixed the cause): skip the backoff."""
         self._session_next = 0
+        self._note = None
         self._held = {}
         self._wake.set()
 
@@ -81,7 +82,9 @@ class Delivery:
         return hexlify(hashlib.sha256(text.encode()).digest()[:8]).decode()
 
     def _load_backoff(self):
-        note = self.spool.note(_SESSION_NOTE)
+        # Only with a set clock: a board reads the note right after a power cut, while its
+        # clock still says 2000, and a wait measured from then would already be over.
+        note, self._note = self._note, None
         if not note:
             return
         if note.get("key") != self._key:
@@ -167,9 +170,13 @@ class Delivery:
             return max(1, int(self._session_next - now))
         self.state = "sending"
         await self._session(due)
-        self.state = "waiting to retry" if self._session_next > time.time() else "idle"
-        due, wait = self._due(time.time())
-        return 1 if due and time.time() >= self._session_next else wait
+        now = time.time()
+        self.state = "waiting to retry" if self._session_next > now else "idle"
+        due, wait = self._due(now)
+        if due:
+            # Mail still due waits for the session backoff, not for the idle look.
+            return max(1, int(self._session_next - now))
+        return wait
 
     def _clock_ready(self, now):
         if self._synced and now - self._synced < _RESYNC and clock.clock_ok():
@@ -177,6 +184,7 @@ class Delivery:
         ok = clock.sync(log)
         if ok:
             self._synced = time.time()
+            self._load_backoff()
         else:
             self.last_error = "clock not set (no NTP answer): certificates cannot be checked"
         return ok
