@@ -178,3 +178,42 @@ def test_from_list_longer_than_kept_replies_to_its_first_address(tmp_path):
     out = rewritten(tmp_path, b"From: " + many + b"\r\n" + DATE + b"\r\nx\r\n")
     assert b"\r\nReply-To: <dev000@lan>\r\n" in out
     assert b"\r\nX-Original-From: " + many + b"\r\n" in out
+
+
+@pytest.mark.parametrize("bufsize", [1, 7, 2048])
+def test_sender_and_a_second_from_are_renamed(tmp_path, bufsize):
+    msg = (
+        b"Sender: nas@lan\r\nFrom: Printer <printer@lan>\r\nSubject: s\r\n"
+        b"from: Other <other@lan>\r\n" + DATE + b"\r\nFrom: body\r\nSender: body\r\n"
+    )
+    assert rewritten(tmp_path, msg, bufsize=bufsize) == (
+        b"X-Original-Sender: nas@lan\r\n"
+        b'From: "Printer" <alice@example.net>\r\n'
+        b"Reply-To: Printer <printer@lan>\r\n"
+        b"X-Original-From: Printer <printer@lan>\r\n"
+        b"Subject: s\r\n"
+        b"X-Original-from: Other <other@lan>\r\n" + DATE + b"\r\nFrom: body\r\nSender: body\r\n"
+    )
+
+
+def test_sender_renamed_when_from_already_is_the_account(tmp_path):
+    msg = b"From: <alice@example.net>\r\nSender: cam@lan\r\n" + DATE + b"\r\nx\r\n"
+    assert rewritten(tmp_path, msg) == (
+        b"From: <alice@example.net>\r\nX-Original-Sender: cam@lan\r\n" + DATE + b"\r\nx\r\n"
+    )
+
+
+def test_long_sender_line_renamed_within_998_octets(tmp_path):
+    value = b"x" * 980 + b"@lan"
+    msg = b"From: a@lan\r\nSender: " + value + b"\r\n" + DATE + b"\r\nx\r\n"
+    out = rewritten(tmp_path, msg)
+    assert b"\r\nX-Original-Sender:\r\n " + value + b"\r\n" in out
+    assert b"\r\nSender:" not in out.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in lines_of(out)) <= 998
+
+
+def test_renames_are_bounded(tmp_path):
+    msg = b"From: a@lan\r\n" + b"Sender: s@lan\r\n" * 20 + DATE + b"\r\nx\r\n"
+    out = rewritten(tmp_path, msg)
+    assert lines_of(out).count(b"X-Original-Sender: s@lan") == 8
+    assert lines_of(out).count(b"Sender: s@lan") == 12

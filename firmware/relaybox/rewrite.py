@@ -4,8 +4,10 @@ Providers refuse mail whose From: is not the authenticated account, so the messa
 with `From: "<original name>" <sender>`. Nothing is lost: the original From: line stays in
 the message renamed X-Original-From:, and it becomes Reply-To: when the message had none,
 so that answers still reach the device's owner. A message whose From: already is the
-sender is sent unchanged. The spool copy is never modified: the change happens while the
-message streams out, through one bounded line buffer.
+sender is sent unchanged. A Sender: field, and any From: after the first (RFC 5322 allows
+one), would still name a LAN address the provider does not know: they are renamed
+X-Original-Sender: and X-Original-From:. The spool copy is never modified: the change
+happens while the message streams out, through one bounded line buffer.
 
 A message without Date: gets one here. The LAN side adds Date: only while the clock is
 set; a board that took mail right after a power cut, before NTP answered, dates it on the
@@ -20,6 +22,8 @@ _LINE = const(1000)  # RFC 5322 §2.1.1: 998 characters plus CRLF
 _HEADER_MAX = const(65536)  # past this the header is not parsed; the message goes as it is
 _FIELD_MAX = const(1000)  # the part of a From: field kept for parsing
 _NAME_MAX = const(200)  # a longer display name is cut: the new From: line stays short
+_RENAMES_MAX = const(8)  # Sender: and extra From: fields renamed; more are left as they are
+_PREFIX = b"X-Original-"
 
 
 def _name(line):
@@ -114,6 +118,16 @@ def _fold(body):
     return b"\r\n" if body[:1] in (b" ", b"\t") else b"\r\n "
 
 
+def _rename(at, line, name):
+    """The edit that renames the field starting at `at` (its first line is `line`) to
+    X-Original-<name>: (extra, skip). A line that the longer name would push past 998
+    octets gets the new name on a line of its own and the old one left out."""
+    colon = line.find(b":") + 1
+    if len(line.rstrip(b"\r\n")) > _LINE - 2 - len(_PREFIX):
+        return (at, _PREFIX + name + b":" + _fold(line[colon:]), colon)
+    return (at, _PREFIX, 0)
+
+
 class Outbound:
     """Wraps a spool file positioned at the message; readinto() gives the rewritten bytes.
 
@@ -124,18 +138,19 @@ class Outbound:
     def __init__(self, f, sender, envelope_from):
         self.f = f
         self.base = f.tell()
-        self.insert_at = None  # offset from base where `extra` goes in
-        self.extra = b""
-        self.skip = 0  # original bytes left out right after `extra`
+        # (offset from base, bytes put in there, original bytes left out right after)
+        self.edits = []
         self._scan(sender, envelope_from)
+        self.edits.sort()
         f.seek(self.base)
         self.pos = 0  # bytes of the original consumed
-        self.sent_extra = 0 if self.extra else None
+        self.k = 0  # the next edit
+        self.sent = 0  # of its bytes
 
     @property
     def delta(self):
         """How many bytes longer the message is on the way out."""
-        return len(self.extra) - self.skip
+        return sum(len(extra) - skip for _, extra, skip in self.edits)
 
     def _scan(self, sender, envelope_from):
         f = self.f
@@ -148,6 +163,7 @@ class Outbound:
         in_from = False
         has_reply_to = False
         has_date = False
+        renames = []
         bol = True  # a readline piece that does not end in LF continues the same line
         while offset < _HEADER_MAX:
             line = f.readline(_LINE)
@@ -166,6 +182,9 @@ class Outbound:
             elif bol:
                 name = _name(line)
                 in_from = name == b"from" and from_at is None
+                extra_from = name == b"from" and not in_from
+                if (extra_from or name == b"sender") and len(renames) < _RENAMES_MAX:
+                    renames.append(_rename(start, line, b"From" if extra_from else b"Sender"))
                 if in_from:
                     from_at = start
                     from_colon = line.find(b":") + 1
@@ -183,62 +202,64 @@ class Outbound:
             bol = line.endswith(b"\n")
         else:
             return  # a header this long is left alone
+        self.edits = renames
         # Fields may stand in any order (RFC 5322 section 3.6), so whatever is added goes
         # in at one place: where From: was, or else at the end of the header.
         date = b"" if has_date else b"Date: " + rfc5322_date().encode() + b"\r\n"
         if from_at is None:
             # No From: at all (RFC 5322 wants one): add it before the end of the header.
-            self.insert_at = offset
-            self.extra = b"From: <" + sender.encode() + b">\r\n" + date
+            extra = b"From: <" + sender.encode() + b">\r\n" + date
             if envelope_from and not has_reply_to:
-                self.extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
+                extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
+            self.edits.append((offset, extra, 0))
             return
         display, addr = parse_from(from_value)
         if addr.lower() == sender.encode().lower():
             if date:
-                self.insert_at = offset
-                self.extra = date
+                self.edits.append((offset, date, 0))
             return
-        self.insert_at = from_at
-        self.extra = from_header(display, addr, sender) + date
+        extra = from_header(display, addr, sender) + date
         if not has_reply_to:
             if b"@" not in addr:
                 # An empty or unreadable From: gives no one to answer: the envelope does.
                 if envelope_from:
-                    self.extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
+                    extra += b"Reply-To: <" + envelope_from.encode() + b">\r\n"
             elif from_cut:
                 # Only the start of a long list was kept: answer its first address.
-                self.extra += b"Reply-To: <" + addr + b">\r\n"
+                extra += b"Reply-To: <" + addr + b">\r\n"
             else:
                 # The original field body, folding and all, is a valid Reply-To body; it
                 # starts on a line of its own when one more line would pass 998 octets.
                 fold = _fold(from_value) if from_first > _LINE - 7 else b""
-                self.extra += b"Reply-To:" + fold + from_value.rstrip(b"\r\n") + b"\r\n"
-        if from_first > _LINE - 2 - 11:
+                extra += b"Reply-To:" + fold + from_value.rstrip(b"\r\n") + b"\r\n"
+        skip = 0
+        if from_first > _LINE - 2 - len(_PREFIX):
             # "X-Original-" would push the line past 998 octets: the field name goes on a
             # line of its own and the original "From:" is left out of the stream.
-            self.extra += b"X-Original-From:" + _fold(from_value)
-            self.skip = from_colon
+            extra += _PREFIX + b"From:" + _fold(from_value)
+            skip = from_colon
         else:
-            self.extra += b"X-Original-"  # the original "From:" line follows
+            extra += _PREFIX  # the original "From:" line follows
+        self.edits.append((from_at, extra, skip))
 
     def readinto(self, buf):
         mv = memoryview(buf)
-        if self.sent_extra is not None:
-            if self.pos < self.insert_at:
-                want = min(len(buf), self.insert_at - self.pos)
-                n = self.f.readinto(mv[:want])
+        if self.k < len(self.edits):
+            at, extra, skip = self.edits[self.k]
+            if self.pos < at:
+                n = self.f.readinto(mv[: min(len(buf), at - self.pos)])
                 self.pos += n or 0
                 return n
-            k = min(len(buf), len(self.extra) - self.sent_extra)
-            mv[:k] = self.extra[self.sent_extra : self.sent_extra + k]
-            self.sent_extra += k
-            if self.sent_extra == len(self.extra):
-                self.sent_extra = None
-                if self.skip:
-                    self.f.seek(self.base + self.insert_at + self.skip)
-                    self.pos += self.skip
-            return k
+            n = min(len(buf), len(extra) - self.sent)
+            mv[:n] = extra[self.sent : self.sent + n]
+            self.sent += n
+            if self.sent == len(extra):
+                self.k += 1
+                self.sent = 0
+                if skip:
+                    self.f.seek(self.base + at + skip)
+                    self.pos += skip
+            return n
         n = self.f.readinto(buf)
         self.pos += n or 0
         return n
