@@ -263,6 +263,12 @@ def test_server_gone_mid_data_then_reconnect(certs, message):
         results, _ = drive(up.config(), [one(message(big)), one(message(big))])
     err = results[1]["error"]
     assert (err["stage"], err["code"], err["temporary"]) == ("data", 0, True), err
+    # The reason names the error: the owner reads it in the log and in `queue`.
+    assert err["text"] in (
+        "[Errno 32] EPIPE",
+        "[Errno 104] ECONNRESET",
+        "connection closed by server",
+    ), err
     assert results[1]["alive"] is False
     # The driver opened a new session for the second message.
     assert results[2]["sent"][0][1] == 250
@@ -385,3 +391,18 @@ def test_port_and_tls_mode_mixed_up(certs, message):
     res = results[0]["open"]
     assert (res["stage"], res["code"]) == ("connect", 0) and "timeout" in res["text"], res
     assert up.handler.auth_attempts == []
+
+
+def test_socket_errors_are_named():
+    # MicroPython prints some errno values as a bare number; the log says which error.
+    result = mpdriver.run(
+        "import asyncio\nfrom relaybox.submit import _io_text\n"
+        "for e in (OSError(32), OSError(104), OSError(111), asyncio.TimeoutError()):\n"
+        "    print(_io_text(e))\n"
+    )
+    assert result.stdout.splitlines() == [
+        "[Errno 32] EPIPE",
+        "[Errno 104] ECONNRESET",
+        "[Errno 111] ECONNREFUSED",
+        "TimeoutError",
+    ], result.stdout + result.stderr

@@ -245,3 +245,24 @@ def test_421_to_a_recipient_keeps_the_message(upstream, msg):
     err = results[1]["error"]
     assert (err["code"], err["temporary"]) == (421, True), results
     assert up.bodies() == []
+
+
+@pytest.mark.parametrize(
+    "auth_line", [b"250 SIZE 1000\r\n", b"250 AUTH LOGIN\r\n"], ids=["no-auth", "no-usable"]
+)
+def test_refusing_the_server_still_says_quit(upstream, msg, auth_line):
+    """No AUTH offered, or none we may use: nothing is sent, and the session ends with
+    QUIT over the sound connection (RFC 5321 section 4.1.1.10), not with a hang-up."""
+
+    def script(s):
+        s.send(b"220 scripted ESMTP\r\n")
+        s.command()  # EHLO
+        s.send(b"250-scripted\r\n" + auth_line)
+        if s.command():
+            s.send(b"221 bye\r\n")
+
+    up = upstream(script)
+    results, _ = drive(up.config(), [[USER, ["bob@example.org"], msg]])
+    assert results[0]["open"]["stage"] == "auth", results
+    up.wait_ended()
+    assert [s.commands for s in up.sessions] == [[b"EHLO", b"QUIT"]]

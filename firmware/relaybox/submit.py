@@ -29,6 +29,32 @@ class SubmitError(Exception):
         self.text = text
         self.temporary = temporary
         self.results = None  # with stage "rcpt": [(rcpt, code, text)] when all were refused
+        self.connected = False  # our own refusal on a sound connection: it still gets QUIT
+
+
+def _refusal(stage, text, temporary):
+    e = SubmitError(stage, 0, text, temporary)
+    e.connected = True
+    return e
+
+
+# MicroPython's errno table is small; the ports share these (Linux) numbers.
+_ERRNO_NAMES = {
+    32: "EPIPE",
+    103: "ECONNABORTED",
+    104: "ECONNRESET",
+    107: "ENOTCONN",
+    110: "ETIMEDOUT",
+    113: "EHOSTUNREACH",
+}
+
+
+def _io_text(e):
+    """A readable reason for an exception from the socket layer ("32" says nothing)."""
+    text = " ".join(str(e).split())
+    if text.isdigit() and int(text) in _ERRNO_NAMES:
+        return "[Errno %s] %s" % (text, _ERRNO_NAMES[int(text)])
+    return text or type(e).__name__
 
 
 def _failure(stage, code, text):
@@ -125,7 +151,7 @@ class Upstream:
         try:
             return await coro
         except SubmitError as e:
-            if e.code == 0 or e.code == 421:
+            if e.code == 0 and not e.connected or e.code == 421:
                 self._drop()
             raise
         except tlsconn.TLSError as e:
@@ -133,8 +159,7 @@ class Upstream:
             raise SubmitError("tls", 0, str(e), True) from None
         except Exception as e:  # OSError, timeouts, anything from the socket layer
             self._drop()
-            text = " ".join(str(e).split()) or repr(e)
-            raise SubmitError(self._stage, 0, text, True) from None
+            raise SubmitError(self._stage, 0, _io_text(e), True) from None
 
     # -- reading replies --
 
@@ -250,7 +275,7 @@ class Upstream:
     async def _starttls(self):
         self._stage = "tls"
         if "STARTTLS" not in self.ext:
-            raise SubmitError("tls", 0, "server does not offer STARTTLS; not sending", True)
+            raise _refusal("tls", "server does not offer STARTTLS; not sending", True)
         code, text = await self._command(b"STARTTLS\r\n")
         if code != 220:
             raise _failure("tls", code, "STARTTLS refused: " + text)
@@ -269,14 +294,14 @@ class Upstream:
             return
         offered = self.ext.get("AUTH", "").upper().split()
         if not offered:
-            raise SubmitError("auth", 0, "server offers no AUTH after TLS", True)
+            raise _refusal("auth", "server offers no AUTH after TLS", True)
         usable = [m for m in sasl.MECHANISMS if m in offered and m in self.allowed]
         if not usable:
             text = "no allowed mechanism: server offers %s, config allows %s" % (
                 " ".join(offered),
                 " ".join(self.allowed),
             )
-            raise SubmitError("auth", 0, text, False)
+            raise _refusal("auth", text, False)
         if not self.conn.secure:  # cannot happen with tls required; never risk it
             raise SubmitError("auth", 0, "refusing AUTH outside TLS", False)
         mech = usable[0]
@@ -288,7 +313,7 @@ class Upstream:
                     answer = sasl.cram_md5(user, password, text)
                 except ValueError:
                     await self._command(b"*\r\n")  # cancel (RFC 4954 §4)
-                    raise SubmitError("auth", 0, "bad CRAM-MD5 challenge", True) from None
+                    raise _refusal("auth", "bad CRAM-MD5 challenge", True) from None
                 code, text = await self._command(answer + b"\r\n")
         elif mech == "PLAIN":
             code, text = await self._command(b"AUTH PLAIN " + sasl.plain(user, password) + b"\r\n")
