@@ -59,3 +59,9 @@ def test_sync_on_a_board_with_ntp(tmp_path):
     assert out[2] == "warn clock NTP from down.test failed: OSError(110,)"
     # The host clock is right, so a failed query still leaves a usable clock.
     assert out[3] == "True"
+
+
+def test_sync_on_a_board_whose_build_lacks_ntptime(tmp_path):
+    (tmp_path / "board.py").write_text("HAS_NTP = True\n")
+    # The host clock is right, so the relay goes on; the call must not raise.
+    assert mp(LOG + "print(clock.sync(Log()))\n", extra_path=tmp_path) == ["True"]

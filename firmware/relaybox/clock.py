@@ -48,8 +48,12 @@ def sync(log, host=None):
         if not clock_ok():
             log.error("clock", "clock not set and no NTP on this board: TLS will fail")
         return clock_ok()
-    import ntptime
-
+    try:
+        import ntptime
+    except ImportError:  # a build without micropython-lib's networking bundle
+        if not clock_ok():
+            log.error("clock", "clock not set and this build has no ntptime: TLS will fail")
+        return clock_ok()
     if host:
         ntptime.host = host
     try:
