@@ -288,3 +288,60 @@ def test_image_boots_and_spools_a_message(board, tmp_path):
     assert (
         b"F nas@lan" in data and b"Subject: boot\r\n" in data and data.endswith(b"\r\n\r\nok\r\n")
     ), data
+
+
+def test_config_the_firmware_refuses_is_never_written(tmp_path):
+    """The firmware's own config.py, run under the unix port, judges the config first."""
+    cases = [
+        ({"listen": {"port": "not-a-port"}}, "listen.port: must be an integer"),
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"network": {"dhcp": False}}, "network.ip: is required when network.dhcp is false"),
+    ]
+    for data, problem in cases:
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(data))
+        out = tmp_path / "x.bin"
+        for cmd in (["image", "-o", out], ["flash", "--port", "/dev/null", "--dry-run"]):
+            r = subprocess.run(
+                [str(RELAYBOX), *map(str, cmd), "--board", "esp32-eth", "--config", str(config)],
+                capture_output=True,
+                text=True,
+            )
+            assert r.returncode == 1, r.stdout
+            assert r.stderr == (
+                f"relaybox: the firmware refuses {config}: config error: {problem}; "
+                "fix it and run again\n"
+            )
+        assert not out.exists()
+    static = {"network": {"dhcp": False, "ip": "192.168.1.20"}}
+    (tmp_path / "ok.json").write_text(json.dumps(static))
+    assert image.read_config(tmp_path / "ok.json") == json.dumps(static).encode()
+
+
+def test_board_with_a_bad_config_stays_at_the_repl(tmp_path):
+    """On a board, leaving main.py soft-resets and runs it again: a config error must end
+    at the REPL instead. The unix board keeps exit code 2 for `relaybox run`."""
+    img = image.build("pico-w", tmp_path / "fs.bin")
+    g = img.geometry
+    fs = mount(img.path, g)
+    with fs.open("config.json", "w") as f:
+        f.write('{"listen": {"port": "x"}}')
+    img.path.write_bytes(bytes(fs.context.buffer))
+    code = "import relaybox.app\nrelaybox.app.main()\nprint('still at the REPL')"
+    r = subprocess.run(
+        [str(MICROPYTHON), "-X", "heapsize=256K", str(FLASH_ROOT), str(img.path)]
+        + [str(g.block_count), "256", "exec", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout) == (
+        0,
+        "relaybox: config error: listen.port: must be an integer\nstill at the REPL\n",
+    ), r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"listen": {"port": "x"}}')
+    r = subprocess.run(
+        [str(RELAYBOX), "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "config error: listen.port" in r.stdout, r.stdout + r.stderr

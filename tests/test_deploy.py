@@ -189,13 +189,69 @@ def test_missing_port(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith(f"relaybox: cannot open {tmp_path / 'ttyACM7'}"), r.stderr
     assert "close other programs using it" in r.stderr
+    # A config the firmware refuses stops deploy before it opens the port.
+    bad = tmp_path / "config.json"
+    bad.write_text('{"network": {"dhcp": false}}')
+    r = subprocess.run(
+        [str(RELAYBOX), "deploy", "--port", str(tmp_path / "ttyACM7"), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert (r.returncode, r.stderr) == (
+        1,
+        f"relaybox: the firmware refuses {bad}: config error: network.ip: is required when "
+        "network.dhcp is false; fix it and run again\n",
+    )
 
 
 def test_identify_from_what_the_board_reports():
     pico = "Raspberry Pi Pico W with RP2040"
-    assert deploy.identify("rp2", 0xA06, pico, None) == "pico-w"
-    assert deploy.identify("rp2", 0xA06, pico, "w5500-evb-pico") == "w5500-evb-pico"
+    rp2 = (4 << 10) | (3 << 8) | 6  # sys.implementation._mpy: armv6m, mpy 6.3 (1.23 on)
+    v124 = (1, 24, 1)
+    assert deploy.identify("rp2", rp2, v124, pico, None) == "pico-w"
+    assert deploy.identify("rp2", rp2, v124, pico, None, "w5500-evb-pico") == "w5500-evb-pico"
+    esp = (10 << 10) | (3 << 8) | 6  # xtensawin
     with pytest.raises(ToolError, match="it could be esp32-eth, esp32-wifi: pass --board"):
-        deploy.identify("esp32", 0x2806, "Generic ESP32 module with ESP32", None)
+        deploy.identify("esp32", esp, v124, "Generic ESP32 module with ESP32", None)
+    # The stock Olimex build names itself; the first deploy needs no --board.
+    olimex = "Olimex ESP32 ETH with ESP32"
+    assert deploy.identify("esp32", esp, v124, olimex, None) == "olimex-esp32-poe"
     with pytest.raises(ToolError, match=r"loads \.mpy v5.*flash MicroPython 1\.23 or newer"):
-        deploy.identify("rp2", 0x205, pico, None)
+        deploy.identify("rp2", 0x205, (1, 23, 0), pico, None)
+    # 1.19 to 1.22 load .mpy v6 too, but lack the tls module the firmware needs.
+    for version, sub in [((1, 19, 1), 0), ((1, 22, 2), 2)]:
+        mpy = (4 << 10) | (sub << 8) | 6
+        with pytest.raises(
+            ToolError,
+            match=rf"runs MicroPython {'.'.join(map(str, version))}; this firmware needs 1\.23",
+        ):
+            deploy.identify("rp2", mpy, version, pico, None)
+    # A board that already runs relaybox for another board keeps its network module.
+    with pytest.raises(ToolError, match="has relaybox for pico-w, not w5500-evb-pico; deploy"):
+        deploy.identify("rp2", rp2, v124, pico, "pico-w", "w5500-evb-pico")
+    assert deploy.identify("rp2", rp2, v124, pico, "pico-w", "w5500-evb-pico", True) == (
+        "w5500-evb-pico"
+    )
+    assert deploy.identify("rp2", rp2, v124, pico, "pico-w", "pico-w") == "pico-w"
+
+
+def test_installed_board_module_is_not_swapped_silently(firmware, tmp_path):
+    img = new_image(tmp_path / "flash.bin", {"lib/board.py": b"NAME = 'other'\n"})
+    before = img.read_bytes()
+    board = start_board(img)
+    try:
+        r = subprocess.run(
+            [str(RELAYBOX), "deploy", "--port", board.port, "--board", "unix", "--no-reset"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and r.stderr.startswith(
+            "relaybox: the board has relaybox for other, not unix; deploying unix replaces"
+        ), r.stderr
+        assert img.read_bytes() == before
+        done = deploy.deploy(board.port, "unix", replace=True)
+        assert board.proc.wait(10) == 0
+    finally:
+        board.close()
+    assert done.board == "unix" and read_image(img)["lib/board.mpy"] == firmware["lib/board.mpy"]

@@ -1,4 +1,6 @@
 # A single status LED: on when all is well, toggled by activity, blinking on errors.
+import asyncio
+
 from micropython import const
 
 _BLINK_MS = const(250)
@@ -11,7 +13,7 @@ class Led:
         self.pin_id = pin_id
         self.active_low = active_low
         self.pin = None
-        self.timer = None
+        self.blinker = None
         self.usable = True
 
     def _open(self):
@@ -25,27 +27,29 @@ class Led:
     def _set(self, on):
         self.pin.value(1 if on != self.active_low else 0)
 
-    def _blink(self, _timer):
-        self.pin.toggle()
+    async def _blink(self):
+        # A task, not machine.Timer: the ESP32 port has no Timer without a hardware id,
+        # and a sleeping task costs nothing between toggles.
+        while True:
+            self.pin.toggle()
+            await asyncio.sleep_ms(_BLINK_MS)
 
     def __call__(self, state):
         if self.pin is None and self.usable:
             self._open()
         if not self.usable:
             return
-        if self.timer is not None:
-            self.timer.deinit()
-            self.timer = None
+        if self.blinker is not None:
+            self.blinker.cancel()
+            self.blinker = None
         if state == "ok":
             self._set(True)
         elif state == "busy":
             self.pin.toggle()
         elif state == "error":
             try:
-                from machine import Timer
-
-                self.timer = Timer(period=_BLINK_MS, mode=Timer.PERIODIC, callback=self._blink)
-            except Exception:  # ports whose Timer needs an id: a steady light still says "look"
+                self.blinker = asyncio.create_task(self._blink())
+            except Exception:  # called outside the event loop: a steady light still says "look"
                 self._set(True)
         else:
             self._set(False)

@@ -2,6 +2,8 @@
 NAME = "unix"
 CONFIG_PATH = "config.json"
 HAS_NTP = False
+#: The relay ends its process with an exit code on a config error; `relaybox run` reads it.
+EXIT_CODES = True
 
 
 class Network:

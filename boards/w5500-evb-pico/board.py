@@ -19,11 +19,9 @@ class Network(Link):
         import network
 
         # No arguments: the W5500_EVB_PICO build knows its SPI bus and CS/RST/INT pins.
+        # active(True) starts DHCP on this lwIP build; ifconfig("dhcp") is not called since
+        # it waits up to 10 s for a lease and would stop the relay meanwhile.
         return network.WIZNET5K()
-
-    def _start(self, nic):
-        if not self.cfg["static"]:
-            nic.ifconfig("dhcp")
 
 
 def reboot():

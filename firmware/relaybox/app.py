@@ -320,7 +320,10 @@ def main(config_path=None):
         relay = Relay(cfg, board)
     except ConfigError as e:
         print("relaybox: config error: %s" % e)
-        sys.exit(2)
+        if board is None or getattr(board, "EXIT_CODES", False):
+            sys.exit(2)
+        # A board soft-resets on exit and runs main.py again, forever: stay at the REPL.
+        return
     try:
         asyncio.run(relay.run())
     except KeyboardInterrupt:

@@ -244,6 +244,9 @@ class Config:
                 section = key.rpartition(".")[0]
                 if self.has(section):
                     raise ConfigError(key, "is required when %s is set" % section)
+        if self.get("network.dhcp") is False and "network.ip" not in self.values:
+            # Without an address the board would quietly stay on DHCP.
+            raise ConfigError("network.ip", "is required when network.dhcp is false")
         if self.has("upstream"):
             tls = self.get("upstream.tls")
             port = self.get("upstream.port")

@@ -19,6 +19,8 @@ from .progress import Progress
 
 #: The .mpy format this firmware is compiled to (mpy-cross 1.23 and later).
 MPY_VERSION = 6
+#: The oldest MicroPython the firmware runs on (it needs the `tls` module of 1.23).
+MIN_VERSION = "1.23.0"
 _CHUNK = 512
 _FIRMWARE_DIR = "lib/relaybox"
 
@@ -56,7 +58,8 @@ try:
 except Exception:
     _n = None
 _i = sys.implementation
-print(repr((sys.platform, _i._mpy, getattr(_i, '_machine', ''), _n, os.getcwd())))
+_v = tuple(_i.version[:3])
+print(repr((sys.platform, _i._mpy, _v, getattr(_i, '_machine', ''), _n, os.getcwd())))
 """
 
 
@@ -71,12 +74,19 @@ def add_parser(sub):
     p.add_argument("--board", help="board name (default: ask the board, see boards/README.md)")
     p.add_argument("--config", type=Path, help="also replace the board's config.json")
     p.add_argument("--force", action="store_true", help="send every file, changed or not")
+    p.add_argument(
+        "--replace-board",
+        action="store_true",
+        help="allow --board to differ from the board module already installed",
+    )
     p.add_argument("--no-reset", action="store_true", help="leave the board in the REPL")
     p.set_defaults(func=cmd_deploy)
 
 
 def cmd_deploy(args):
-    r = deploy(args.port, args.board, args.config, args.force, not args.no_reset)
+    r = deploy(
+        args.port, args.board, args.config, args.force, not args.no_reset, args.replace_board
+    )
     size = sum(n for _, n in r.sent)
     print(
         f"{r.board}: sent {len(r.sent)} files ({size / 1024:.1f} KiB), {r.unchanged} unchanged, "
@@ -119,8 +129,20 @@ def _eval_print(t, script):
     return ast.literal_eval(out.decode().strip())
 
 
-def identify(platform, mpy, machine, name, wanted=None):
+def _version(text):
+    return tuple(int(n) for n in text.split("."))
+
+
+def _check_version(version, need, fix):
+    if tuple(version) < _version(need):
+        have = ".".join(map(str, version))
+        raise ToolError(f"the board runs MicroPython {have}; this firmware needs {need}. {fix}")
+
+
+def identify(platform, mpy, version, machine, name, wanted=None, replace=False):
     """The board name to deploy, checked against what MicroPython reports."""
+    fix = "Flash a newer stock build: relaybox flash --board NAME --port PORT --firmware STOCK"
+    _check_version(version, MIN_VERSION, fix)
     if mpy & 0xFF != MPY_VERSION:
         raise ToolError(
             f"the board's MicroPython loads .mpy v{mpy & 0xFF}, this firmware is v{MPY_VERSION}; "
@@ -134,18 +156,29 @@ def identify(platform, mpy, machine, name, wanted=None):
                 f"the board runs MicroPython for {port}, but {wanted} is a {info['port']} "
                 "board; pick the right --board"
             )
-        return wanted
-    if name:
-        return name
-    matches = [
-        n
-        for n in boards.flashable_boards()
-        if any(m in machine for m in boards.load(n).get("machine", []))
-    ]
-    if len(matches) == 1:
-        return matches[0]
-    which = f"it could be {', '.join(matches)}" if matches else "it matches no board here"
-    raise ToolError(f"the board says it is {machine!r}; {which}: pass --board NAME")
+        if name and name != wanted and not replace:
+            # The board module brings up the network: the wrong one leaves the board offline.
+            raise ToolError(
+                f"the board has relaybox for {name}, not {wanted}; deploying {wanted} replaces "
+                f"its network and LED module. Leave out --board to keep {name}, or add "
+                "--replace-board if the board really is a " + wanted
+            )
+        board = wanted
+    elif name:
+        board = name
+    else:
+        matches = [
+            n
+            for n in boards.flashable_boards()
+            if any(m in machine for m in boards.load(n).get("machine", []))
+        ]
+        if len(matches) != 1:
+            which = f"it could be {', '.join(matches)}" if matches else "it matches no board here"
+            raise ToolError(f"the board says it is {machine!r}; {which}: pass --board NAME")
+        board = matches[0]
+    need = boards.load(board).get("stock", {}).get("min_version", MIN_VERSION)
+    _check_version(version, need, fix.replace("NAME", board))
+    return board
 
 
 def plan(local, remote, listing, root, force=False):
@@ -160,13 +193,15 @@ def plan(local, remote, listing, root, force=False):
     return send, sorted(set(stale))
 
 
-def deploy(port, board_name=None, config=None, force=False, reset=True):
+def deploy(port, board_name=None, config=None, force=False, reset=True, replace=False):
     """Bring the firmware on the board at `port` up to date; return what was done."""
     from mpremote.transport import TransportError
 
+    # Checked before the board is touched: a config the firmware refuses is never sent.
+    config_data = None if config is None else read_config(config)
     t = _connect(port)
     try:
-        return _deploy(t, board_name, config, force, reset)
+        return _deploy(t, board_name, config_data, force, reset, replace)
     except (TransportError, OSError) as e:
         raise ToolError(
             f"lost the board on {port} ({e}); check the cable, then run deploy again"
@@ -175,13 +210,13 @@ def deploy(port, board_name=None, config=None, force=False, reset=True):
         t.close()
 
 
-def _deploy(t, board_name, config, force, reset):
-    platform, mpy, machine, name, cwd = _eval_print(t, _PROBE)
+def _deploy(t, board_name, config, force, reset, replace):
+    platform, mpy, version, machine, name, cwd = _eval_print(t, _PROBE)
+    board_name = identify(platform, mpy, version, machine, name, board_name, replace)
     if platform != "linux":
         # A soft reset in the raw REPL frees the heap and closes the relay's files and
         # sockets without running main.py again.
         t.enter_raw_repl(soft_reset=True)
-    board_name = identify(platform, mpy, machine, name, board_name)
     # On the unix port the "board" is the folder micropython runs in.
     root = cwd.rstrip("/") + "/" if platform == "linux" else "/"
 
@@ -191,8 +226,7 @@ def _deploy(t, board_name, config, force, reset):
             data = (Path(tmp) / rel).read_bytes()
             local[rel] = (data, hashlib.sha256(data).hexdigest())
     if config is not None:
-        data = read_config(config)
-        local[CONFIG_NAME] = (data, hashlib.sha256(data).hexdigest())
+        local[CONFIG_NAME] = (config, hashlib.sha256(config).hexdigest())
 
     paths = [root + rel for rel in local] + [
         root + rel[:-4] + ".py" for rel in local if rel.endswith(".mpy")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import ROOT, boards, uf2
 from .errors import ToolError
-from .image import build
+from .image import build, read_config, write_output
 from .progress import Progress
 
 #: The ESP32 app image header starts with this byte; a stock .bin has it at its start.
@@ -40,7 +40,10 @@ def add_parser(sub):
     p.add_argument("--baud", type=int, default=None, help="esptool baud rate (default 460800)")
     p.add_argument("--drive", type=Path, help="RP2040: the mounted RPI-RP2 drive")
     p.add_argument(
-        "--dry-run", action="store_true", help="print what would be written, touch nothing"
+        "--dry-run",
+        action="store_true",
+        help="print what would be written and write nothing (ESP32: the board's partition "
+        "table and flash size are read unless --firmware and --flash-size tell them)",
     )
     p.set_defaults(func=cmd_flash)
 
@@ -50,6 +53,8 @@ def cmd_flash(args):
     boards.geometry(info, args.flash_size)  # an unknown size fails before any USB traffic
     if args.image and args.config:
         raise ToolError("--config only applies to an image built here; leave out --image")
+    if args.config:
+        read_config(args.config)  # a config the firmware refuses fails before any USB traffic
     if info["port"] == "esp32":
         return flash_esp32(info, args)
     if info["port"] == "rp2":
@@ -95,26 +100,27 @@ def esp32_writes(info, geometry, image, firmware=None):
 
 
 def check_image(image, geometry):
-    size = Path(image).stat().st_size
+    size = readable(image).stat().st_size
     if size != geometry.size:
         raise ToolError(
-            f"{image} is {size} bytes but the {geometry.flash_size} filesystem is "
-            f"{geometry.size}; rebuild it with `relaybox image --flash-size {geometry.flash_size}`"
+            f"{image} is {size} bytes but the filesystem on the board is {geometry.size} "
+            f"({geometry.block_count} blocks at {geometry.offset:#x}); leave out --image and "
+            "flash builds a matching one"
         )
 
 
-def check_image_fits_board(info, image):
-    """Before touching the board: the image must match one of its flash layouts."""
+def readable(path):
+    """`path` as a Path, after checking it is a file this user can read."""
+    path = Path(path)
     try:
-        size = Path(image).stat().st_size
+        with open(path, "rb"):
+            pass
     except OSError as e:
-        raise ToolError(f"cannot read {image}: {e.strerror}") from None
-    sizes = [boards.geometry(info, k) for k in info["filesystem"]]
-    if not any(g.size == size for g in sizes):
         raise ToolError(
-            f"{image} ({size} bytes) matches no {info['name']} filesystem; rebuild it with "
-            f"`relaybox image --board {info['name']} --flash-size SIZE`"
-        )
+            f"cannot read {path} ({e.strerror}); check the name, or leave out --image "
+            "and flash builds the image"
+        ) from None
+    return path
 
 
 def _no_board(info, port, reason):
@@ -132,6 +138,47 @@ def serial_ports():
     return sorted(p.device for p in list_ports.comports())
 
 
+def firmware_geometry(info, firmware, flash_size):
+    """The filesystem under the stock .bin's partition table; None if the chip size decides."""
+    parts = boards.partitions_in_firmware(firmware, int(info["firmware_offset"], 0))
+    if parts is None:
+        raise ToolError(
+            f"{firmware} holds no partition table at flash offset 0x8000; "
+            + _download_hint(info, ".bin")
+        )
+    return boards.esp32_geometry(parts, flash_size)
+
+
+def board_geometry(info, esp, args, flash_size):
+    """The filesystem the board will mount: from the table of the firmware it will run."""
+    if args.firmware:
+        parts = boards.partitions_in_firmware(args.firmware, int(info["firmware_offset"], 0))
+    else:
+        table = esp.read_flash(boards.PARTITION_TABLE_OFFSET, boards.PARTITION_TABLE_SIZE)
+        parts = boards.parse_partitions(table)
+        if parts is None:
+            raise ToolError(
+                f"the board has no partition table at 0x8000, so no MicroPython yet; add "
+                f"--firmware STOCK.bin ({_download_hint(info, '.bin')})"
+            )
+    geometry = boards.esp32_geometry(parts, flash_size)
+    if geometry is None:
+        raise ToolError("esptool cannot tell the flash size; give it with --flash-size 4M")
+    if flash_size and geometry.offset + geometry.size > boards.size_bytes(flash_size):
+        raise ToolError(
+            f"the partition table puts the filesystem past the end of {flash_size} of flash; "
+            + _download_hint(info, ".bin")
+        )
+    return geometry
+
+
+def describe(geometry, source):
+    return (
+        f"filesystem: {geometry.block_count} blocks of {geometry.block_size} at "
+        f"{geometry.offset:#x}, from {source}"
+    )
+
+
 def flash_esp32(info, args):
     if not args.port:
         raise ToolError(
@@ -141,20 +188,16 @@ def flash_esp32(info, args):
     if args.firmware:
         check_esp_firmware(info, args.firmware)
     if args.image:
-        check_image_fits_board(info, args.image)
+        readable(args.image)
     baud = args.baud or info["esptool"]["baud"]
-    if args.dry_run:
-        geometry = boards.geometry(info, args.flash_size)
-        image = args.image or Path(f"<image for {geometry.flash_size}>")
-        print(
-            "esptool "
-            + " ".join(
-                esptool_args(
-                    info, args.port, baud, esp32_writes(info, geometry, image, args.firmware)
-                )
-            )
-        )
-        return 0
+    source = f"the partition table in {args.firmware}" if args.firmware else "the board"
+    if args.firmware:
+        # Known without the board when the table names "vfs" or the size is given.
+        geometry = firmware_geometry(info, args.firmware, args.flash_size)
+        if geometry is not None and args.dry_run:
+            return _print_plan(info, args, baud, geometry, source)
+        if geometry is not None and args.image:
+            check_image(args.image, geometry)  # before any USB traffic
     # Imported here: esptool is slow to import and only this path needs it.
     import esptool
     import serial
@@ -183,14 +226,17 @@ def flash_esp32(info, args):
                 f"the board has {detected} of flash, not {args.flash_size}; rerun with "
                 f"--flash-size {flash_size} (a wrong size leaves a filesystem it cannot mount)"
             )
-        geometry = boards.geometry(info, flash_size or args.flash_size)
+        flash_size = flash_size or args.flash_size
+        geometry = board_geometry(info, esp, args, flash_size)
+        if args.dry_run:
+            return _print_plan(info, args, baud, geometry, source)
         with tempfile.TemporaryDirectory(prefix="relaybox-flash-") as tmp:
             image = args.image
             if image:
                 check_image(image, geometry)
             else:
                 image = build(
-                    info["name"], Path(tmp) / "fs.bin", geometry.flash_size, args.config
+                    info["name"], Path(tmp) / "fs.bin", config=args.config, geometry=geometry
                 ).path
             writes = esp32_writes(info, geometry, image, args.firmware)
             esptool.write_flash(esp, [(off, str(path)) for off, path in writes])
@@ -210,6 +256,16 @@ def flash_esp32(info, args):
         f"{info['name']} flashed; it restarts now. "
         f"Watch it with: mpremote connect {args.port} repl"
     )
+    return 0
+
+
+def _print_plan(info, args, baud, geometry, source):
+    if args.image:
+        check_image(args.image, geometry)
+    image = args.image or Path(f"<image of {geometry.block_count} blocks>")
+    writes = esp32_writes(info, geometry, image, args.firmware)
+    print("esptool " + " ".join(esptool_args(info, args.port, baud, writes)))
+    print(describe(geometry, source))
     return 0
 
 
@@ -239,7 +295,6 @@ def rp2_uf2(info, args, workdir, out):
     family_id, flash_base = boards.uf2_settings(info)
     geometry = boards.geometry(info, args.flash_size)
     if args.image:
-        check_image(args.image, geometry)
         data = uf2.encode(Path(args.image).read_bytes(), flash_base + geometry.offset, family_id)
     else:
         data = build(
@@ -254,9 +309,8 @@ def rp2_uf2(info, args, workdir, out):
             raise ToolError(
                 f"cannot use {args.firmware} ({e}); " + _download_hint(info, "UF2")
             ) from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    return out
+    # 0600: an image built with --config holds its passwords.
+    return write_output(out, data, secret=True)
 
 
 def enter_bootsel(port):
@@ -289,19 +343,27 @@ def wait_for_drive(seconds=_DRIVE_WAIT_S):
 
 def copy_with_progress(src, dest):
     total = src.stat().st_size
-    with (
-        open(src, "rb") as fin,
-        open(dest, "wb") as fout,
-        Progress(f"copy to {dest.parent}", total) as bar,
-    ):
-        while chunk := fin.read(64 * 1024):
-            fout.write(chunk)
-            bar.advance(len(chunk))
-        fout.flush()
-        os.fsync(fout.fileno())
+    try:
+        with (
+            open(src, "rb") as fin,
+            open(dest, "wb") as fout,
+            Progress(f"copy to {dest.parent}", total) as bar,
+        ):
+            while chunk := fin.read(64 * 1024):
+                fout.write(chunk)
+                bar.advance(len(chunk))
+            fout.flush()
+            os.fsync(fout.fileno())
+    except OSError as e:
+        raise ToolError(
+            f"copying to {dest} failed ({e.strerror}); check that the RPI-RP2 drive is still "
+            f"mounted and writable, then run flash again, or copy {src} onto it by hand"
+        ) from None
 
 
 def flash_rp2(info, args):
+    if args.image:
+        check_image(args.image, boards.geometry(info, args.flash_size))
     if args.dry_run:
         geometry = boards.geometry(info, args.flash_size)
         family_id, base = boards.uf2_settings(info)
@@ -311,7 +373,7 @@ def flash_rp2(info, args):
             + (f", plus {args.firmware}" if args.firmware else "")
         )
         return 0
-    # The UF2 outlives this command: without a drive the user copies it by hand.
+    # Without a drive the UF2 stays for the user to copy by hand; after a copy it goes.
     if args.image:
         out = Path(args.image).with_name(Path(args.image).stem + "-flash.uf2")
     else:
@@ -338,5 +400,6 @@ def flash_rp2(info, args):
             f"{drive} is not an RPI-RP2 drive (no INFO_UF2.TXT); hold BOOTSEL while plugging in"
         )
     copy_with_progress(out, drive / out.name)
-    print(f"{info['name']} flashed from {out}; it restarts by itself")
+    out.unlink()
+    print(f"{info['name']} flashed; it restarts by itself")
     return 0

@@ -1,6 +1,8 @@
 """`relaybox image`: the firmware as a LittleFS2 image shaped like a board's flash partition."""
 
 import json
+import os
+import subprocess
 import tempfile
 from collections import namedtuple
 from pathlib import Path
@@ -8,9 +10,10 @@ from pathlib import Path
 from littlefs import LittleFS, LittleFSError
 
 from . import boards, uf2
-from .build import compile_firmware
+from .build import FIRMWARE, compile_firmware
 from .errors import ToolError
 from .progress import Progress
+from .run import micropython_exe
 
 #: Where the firmware looks for its settings on a board (board.CONFIG_PATH).
 CONFIG_NAME = "config.json"
@@ -18,8 +21,23 @@ CONFIG_NAME = "config.json"
 Image = namedtuple("Image", "path uf2_path geometry files used_blocks")
 
 
+# Runs under the MicroPython unix port: the firmware's own check, with its own JSON parser.
+_CHECK_CONFIG = """
+import sys
+from relaybox.config import Config, ConfigError
+try:
+    Config.load(sys.argv[1])
+except ConfigError as e:
+    print(e)
+"""
+
+
 def read_config(path):
-    """The bytes of an initial config file, after checking that it is a JSON object."""
+    """The bytes of an initial config file, after the firmware itself accepted it.
+
+    A config the firmware refuses would stop the relay on the board at every start, so
+    it is checked here by the firmware's config.py under the unix port.
+    """
     path = Path(path)
     try:
         text = path.read_text()
@@ -31,6 +49,19 @@ def read_config(path):
         raise ToolError(f"{path} is not valid JSON ({e}); fix it and run again") from None
     if not isinstance(data, dict):
         raise ToolError(f'{path} must hold a JSON object like {{"hostname": ...}}')
+    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
+    proc = subprocess.run(
+        [micropython_exe(), "-c", _CHECK_CONFIG, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    if proc.returncode or proc.stdout.strip():
+        problem = (proc.stdout.strip() or proc.stderr.strip() or "no output").splitlines()[-1]
+        raise ToolError(
+            f"the firmware refuses {path}: config error: {problem}; fix it and run again"
+        )
     return text.encode()
 
 
@@ -61,31 +92,56 @@ def make_filesystem(geometry, files, label="image"):
     return fs
 
 
-def build(board_name, out, flash_size=None, config=None):
-    """Compile the firmware for a board and write its filesystem image (and UF2) to `out`."""
+def write_output(path, data, secret=False):
+    """Write a file the user asked for; one holding config.json (passwords) is 0600."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if secret:
+            # Created 0600 before any byte is written, and narrowed if it already existed.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        else:
+            path.write_bytes(data)
+    except OSError as e:
+        where = e.filename or path
+        raise ToolError(
+            f"cannot write {path} ({e.strerror}: {where}); choose an output path in a folder "
+            "you can write to"
+        ) from None
+    return path
+
+
+def build(board_name, out, flash_size=None, config=None, geometry=None):
+    """Compile the firmware for a board and write its filesystem image (and UF2) to `out`.
+
+    `geometry` overrides the board.json layout (ESP32: read from a partition table).
+    """
     info = boards.load(board_name)
-    geometry = boards.geometry(info, flash_size)
+    geometry = geometry or boards.geometry(info, flash_size)
     out = Path(out)
     uf2_target = boards.uf2_settings(info)
     uf2_path = out.with_suffix(".uf2") if uf2_target else None
     if uf2_path == out:
         raise ToolError(f"name the image .bin, not .uf2: {out.with_suffix('.bin')}")
     files = {}
+    if config is not None:
+        files[CONFIG_NAME] = read_config(config)
     with tempfile.TemporaryDirectory(prefix="relaybox-image-") as tmp:
         for rel in compile_firmware(board_name, tmp):
             files[rel] = (Path(tmp) / rel).read_bytes()
-    if config is not None:
-        files[CONFIG_NAME] = read_config(config)
     fs = make_filesystem(geometry, files, f"image {board_name}")
     used = fs.used_block_count
     blob = bytes(fs.context.buffer)
     if len(blob) != geometry.size:
         raise ToolError(f"internal error: image is {len(blob)} bytes, expected {geometry.size}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(blob)
+    secret = config is not None
+    write_output(out, blob, secret)
     if uf2_target:
         family_id, flash_base = uf2_target
-        uf2_path.write_bytes(uf2.encode(blob, flash_base + geometry.offset, family_id))
+        write_output(uf2_path, uf2.encode(blob, flash_base + geometry.offset, family_id), secret)
     return Image(out, uf2_path, geometry, sorted(files), used)
 
 
@@ -101,17 +157,41 @@ def add_parser(sub):
     )
     p.add_argument("--flash-size", help="flash size of the board, e.g. 4M (default: the board's)")
     p.add_argument("--config", type=Path, help="initial config.json to put in the image")
+    p.add_argument(
+        "--firmware",
+        type=Path,
+        help="ESP32: the stock MicroPython .bin the board runs; its partition table then "
+        "sets the filesystem (default: the layout of stock builds 1.26 and later)",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="image file to write (.bin)")
     p.set_defaults(func=cmd_image)
 
 
 def cmd_image(args):
-    img = build(args.board, args.output, args.flash_size, args.config)
+    info = boards.load(args.board)
+    geometry = None
+    if args.firmware:
+        if info.get("port") != "esp32":
+            raise ToolError("--firmware only applies to ESP32 boards; leave it out")
+        from .flash import check_esp_firmware, firmware_geometry
+
+        check_esp_firmware(info, args.firmware)
+        size = args.flash_size or info["default_flash_size"]
+        geometry = firmware_geometry(info, args.firmware, boards.normalize_size(size))
+    img = build(args.board, args.output, args.flash_size, args.config, geometry)
     g = img.geometry
     print(
         f"{img.path}: {len(img.files)} files, {img.used_blocks}/{g.block_count} blocks of "
-        f"{g.block_size} used, for flash offset {g.offset:#x} ({g.flash_size} flash)"
+        f"{g.block_size} used, for flash offset {g.offset:#x}"
+        + (f" ({g.flash_size} flash)" if g.flash_size else "")
     )
     if img.uf2_path:
         print(f"{img.uf2_path}: UF2 for drag-and-drop in BOOTSEL mode")
+    since = info.get("stock", {}).get("layout_since")
+    if since and not args.firmware:
+        print(
+            f"the layout is that of stock {info['stock']['build']} {since} or later; for "
+            "another build add --firmware STOCK.bin (or use `relaybox flash`, which reads "
+            "the board's partition table)"
+        )
     return 0

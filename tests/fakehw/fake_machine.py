@@ -1,5 +1,6 @@
 # Stands in for MicroPython's `machine` Pin and Timer on the unix port, recording calls.
 calls = []
+pins = []  # every Pin made, so a test can watch an LED over time
 
 
 def reset():
@@ -13,7 +14,9 @@ class Pin:
     def __init__(self, id, mode=-1):
         self.id = id
         self.v = 0
+        self.mode = mode
         calls.append(("Pin", id, mode))
+        pins.append(self)
 
     def value(self, v=None):
         if v is None:
@@ -28,10 +31,12 @@ class Pin:
 
 
 class Timer:
+    """Like the ESP32 port's: the id is required (Timer(period=...) is a TypeError there)."""
+
     PERIODIC = 1
 
-    def __init__(self, period=0, mode=0, callback=None):
-        calls.append(("Timer", period))
+    def __init__(self, id, period=0, mode=0, callback=None):
+        calls.append(("Timer", id, period))
 
     def deinit(self):
         calls.append(("Timer.deinit",))

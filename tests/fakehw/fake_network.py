@@ -1,5 +1,7 @@
 # Stands in for MicroPython's `network` on the unix port: interfaces that follow a scripted
 # plan and record every call, so the board modules run without their hardware.
+import time
+
 calls = []
 
 STA_IF = 0
@@ -46,6 +48,12 @@ class _Nic:
         if arg is None:
             return (plan["ip"] if self.up else "0.0.0.0", "255.255.255.0", "10.0.0.1", "10.0.0.1")
         calls.append(("ifconfig", arg))
+        if arg == "dhcp":
+            # extmod/network_lwip.c: starts DHCP, then busy-waits up to 10 s for the lease,
+            # so nothing else runs meanwhile.
+            deadline = time.ticks_add(time.ticks_ms(), 10000)
+            while not self.isconnected() and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+                time.sleep_ms(50)
 
     def status(self):
         if plan["status"] is not None:

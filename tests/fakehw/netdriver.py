@@ -3,6 +3,7 @@
 import asyncio
 import json
 import sys
+import time
 
 import fake_machine
 import fake_network
@@ -42,11 +43,20 @@ net.attempt_ms = 150
 net.backoff_ms = (100, 400)
 states = []
 ticks = [0]
+gap = [0]  # the longest time the loop was held between two ticks, in ms
+leds = []  # the LED pin's value at each tick, where the board has one
 
 
 async def ticker():
+    last = time.ticks_ms()
     while True:
         ticks[0] += 1
+        now = time.ticks_ms()
+        gap[0] = max(gap[0], time.ticks_diff(now, last))
+        last = now
+        for pin in fake_machine.pins:
+            if pin.mode == fake_machine.Pin.OUT:
+                leds.append(pin.v)
         await asyncio.sleep_ms(5)
 
 
@@ -70,5 +80,7 @@ report = {
     "network": [repr(c) for c in fake_network.calls],
     "machine": [repr(c) for c in fake_machine.calls],
     "ticks": ticks[0],
+    "gap_ms": gap[0],
+    "led": "".join(str(v) for v in leds),
 }
 print(json.dumps(report))
