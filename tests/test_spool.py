@@ -4,6 +4,7 @@ import os
 import random
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -213,6 +214,26 @@ def config_error(build_dir, tmp_path, config_text):
             "relaybox: config error: upstream.user: is required when upstream is set",
         ),
         ('{"allow": ["192.168.1.300/24"]}', "relaybox: config error: allow: "),
+        ('{"listen": 25}', "relaybox: config error: listen: must be an object"),
+        (
+            '{"upstream": "smtp.example.net"}',
+            "relaybox: config error: upstream: must be an object",
+        ),
+        (
+            '{"allow": []}',
+            "relaybox: config error: allow: must list at least one network (an empty list"
+            " refuses every client)",
+        ),
+        (
+            '{"spool": "/nonexistent/deep/spool"}',
+            "relaybox: config error: spool: cannot use /nonexistent/deep/spool: a folder on the"
+            " path does not exist",
+        ),
+        (
+            '{"listen": {"host": "192.0.2.1", "port": 35101}}',
+            "relaybox: config error: listen: cannot listen on 192.0.2.1:35101: not an address of"
+            " this host",
+        ),
     ],
 )
 def test_invalid_config_stops_with_one_line(build_dir, tmp_path, text, line):
@@ -220,6 +241,25 @@ def test_invalid_config_stops_with_one_line(build_dir, tmp_path, text, line):
     assert code == 2
     assert out.strip().count("\n") == 0, out
     assert out.startswith(line), out
+
+
+def test_spool_that_is_a_file_stops_with_one_line(build_dir, tmp_path):
+    code, out = config_error(build_dir, tmp_path, '{"spool": "config.json"}')
+    assert code == 2
+    want = "relaybox: config error: spool: cannot use %s/config.json: not a folder\n"
+    assert out == want % (tmp_path / "bad"), out
+
+
+def test_listen_address_in_use_stops_with_one_line(build_dir, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        text = '{"listen": {"host": "127.0.0.1", "port": %d}}' % port
+        code, out = config_error(build_dir, tmp_path, text)
+    assert code == 2
+    want = "relaybox: config error: listen: cannot listen on 127.0.0.1:%d: address in use\n"
+    assert out == want % port, out
 
 
 def test_relaybox_run_stops_on_sigterm_and_ignores_stdin_eof(tmp_path):

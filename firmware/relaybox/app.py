@@ -13,6 +13,21 @@ from .spool import DEAD, QUEUE, Spool
 
 _CA_FILE = "upstream-ca.pem"
 _REBOOT_EXIT = 3  # `relaybox run` starts the firmware again on this exit code
+# What an OSError from the spool folder or the listening socket means to the owner.
+_WHY = {
+    2: "a folder on the path does not exist",
+    13: "permission denied",
+    17: "exists and is not a folder",
+    20: "not a folder",
+    30: "read-only file system",
+    98: "address in use",
+    99: "not an address of this host",
+}
+
+
+def _why(err):
+    n = err.args[0] if err.args else None
+    return _WHY.get(n) or "error %s" % n
 
 
 class Relay:
@@ -34,12 +49,19 @@ class Relay:
             self.delivery.wake()
 
     async def run(self, console=True):
-        queued, dead = self.spool.recover()
-        log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
+        try:
+            queued, dead = self.spool.recover()
+        except OSError as e:
+            raise ConfigError("spool", "cannot use %s: %s" % (self.spool.root, _why(e))) from None
         if self.board and hasattr(self.board, "Network"):
             self.network = self.board.Network(self.cfg.values, log)
             asyncio.create_task(self.network.run())
-        await self.server.start()
+        try:
+            await self.server.start()
+        except OSError as e:
+            where = "%s:%d" % (self.cfg.get("listen.host"), self.cfg.get("listen.port"))
+            raise ConfigError("listen", "cannot listen on %s: %s" % (where, _why(e))) from None
+        log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
         asyncio.create_task(self.server.watchdog())
         self.start_delivery()
         if console:
@@ -318,10 +340,10 @@ def main(config_path=None):
         cfg = Config.load(path)
         log.setup(cfg.get("log.level"), cfg.get("log.ring"))
         relay = Relay(cfg, board)
+        # The spool folder and the listening address are only tried here.
+        asyncio.run(relay.run())
     except ConfigError as e:
         print("relaybox: config error: %s" % e)
         sys.exit(2)
-    try:
-        asyncio.run(relay.run())
     except KeyboardInterrupt:
         log.info("relay", "stopped")
