@@ -631,3 +631,38 @@ def test_nul_in_data_refuses_the_message(relay):
     assert c.cmd(b".") == R["NUL_IN_DATA"]
     assert relay.queued() == [] and list((relay.spool / "tmp").iterdir()) == []
     assert c.cmd("NOOP") == R["OK"]
+
+
+def test_stop_says_421_to_every_client(relay):
+    """RFC 5321 section 3.8: on shutdown each session gets 421; a message still in DATA
+    is dropped whole, never half queued."""
+    idle = relay.connect()
+    idle.reply()
+    busy = relay.connect()
+    ehlo(busy)
+    for line in ("MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        busy.cmd(line)
+    busy.send(b"Subject: half\r\n\r\nsome of it")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert relay.stop() == 0, relay.log()
+    assert time.monotonic() - t0 < 5
+    assert idle.reply() == R["SHUTTING_DOWN"]
+    assert busy.reply() == R["SHUTTING_DOWN"]
+    assert idle.closed() and busy.closed()
+    assert relay.queued() == [] and list((relay.spool / "tmp").iterdir()) == []
+    relay.wait_log("relay: stopped")
+
+
+def test_stop_is_bounded_when_a_client_reads_nothing(relay):
+    deaf = relay.connect()
+    deaf.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.sock.settimeout(0.5)
+    try:
+        for _ in range(400):
+            deaf.sock.sendall(b"NOOP\r\n" * 2000)
+    except OSError:
+        pass  # blocked: the relay's replies back up
+    t0 = time.monotonic()
+    assert relay.stop() == 0, relay.log()
+    assert time.monotonic() - t0 < 6, relay.log()

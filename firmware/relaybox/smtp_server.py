@@ -649,8 +649,15 @@ class Server:
         except Exception:
             pass
 
-    async def stop(self):
+    async def stop(self, wait_ms):
+        """Stop listening and end every session with 421; wait at most wait_ms for them."""
         if self.server:
             self.server.close()
-        for s in list(self.sessions):
-            s.task.cancel()
+        tasks = [s.task for s in self.sessions]
+        for t in tasks:
+            t.cancel()
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < wait_ms:
+            if all(t.done() for t in tasks):
+                return
+            await asyncio.sleep_ms(20)
