@@ -1,6 +1,7 @@
 """Benchmarks: relaybox under MicroPython against a CPython reference measured in the same run.
 
-Prints figures and ratios; never fails on timing. Run with `make bench`.
+Prints figures and ratios; never fails on timing. Run with `make bench`; `--heap-only` prints
+only the smallest heaps.
 """
 
 import asyncio
@@ -82,7 +83,8 @@ def parallel(port, clients, each, msg):
 
 
 def boots(build, heap, folder, clients):
-    r = Relay(build, Path(folder) / f"{heap}-{clients}", heap=heap)
+    boots.runs += 1
+    r = Relay(build, Path(folder) / f"{heap}-{clients}-{boots.runs}", heap=heap)
     try:
         r.start(timeout=10)
         parallel(r.port, clients, 5, SMALL)
@@ -93,7 +95,12 @@ def boots(build, heap, folder, clients):
         r.stop()
 
 
-def smallest_heap(build, folder, clients=1):
+boots.runs = 0
+
+
+def smallest_heap(build, folder, clients=1, confirm=3):
+    """Binary search, then confirmed: the floor must pass `confirm` runs in a row, since
+    one lucky run below the real floor (or one unlucky above it) would mislead the search."""
     lo, hi = 16, 512  # KiB
     while hi - lo > 2:
         mid = (lo + hi) // 2
@@ -101,6 +108,8 @@ def smallest_heap(build, folder, clients=1):
             hi = mid
         else:
             lo = mid
+    while not all(boots(build, f"{hi}K", folder, clients) for _ in range(confirm)):
+        hi += 2
     return hi
 
 
@@ -151,10 +160,13 @@ def import_costs(build):
 
 
 def main():
+    heap_only = "--heap-only" in sys.argv
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         build = tmp / "build"
         compile_firmware("unix", build)
+        if heap_only:
+            return print_heaps(build, tmp)
 
         costs = import_costs(build)
         bits = costs.pop()[1]
@@ -180,9 +192,13 @@ def main():
         finally:
             relay.stop()
 
-        print("== smallest heap (KiB) that boots and takes every message (no upstream)")
-        for clients in (1, 4):
-            print(f"  {clients} client(s) x 5 messages: {smallest_heap(build, tmp, clients)}")
+        print_heaps(build, tmp)
+
+
+def print_heaps(build, tmp):
+    print("== smallest heap (KiB) that boots and takes every message (no upstream)")
+    for clients in (1, 4):
+        print(f"  {clients} client(s) x 5 messages: {smallest_heap(build, tmp, clients)}")
 
 
 if __name__ == "__main__":

@@ -511,3 +511,166 @@ def test_bare_cr_is_stored_as_a_line_end(relay):
     body = relay.message(id)[1].split(b"\r\n\r\n", 1)[1]
     assert body == b"x\r\n.\r\nMAIL FROM:<e@v>\r\n.y\r\n\r\n", body
     assert b"\r" not in body.replace(b"\r\n", b"")
+
+
+BAD_MAILBOXES = [
+    "a@b@c.com",
+    "x@lan,y@lan",
+    "a(comment)@lan",
+    "a@[]",
+    "a@[1.2.3]",
+    "a@[IPv6:zz::1]",
+    "a@[tag:x]",
+    ".a@lan",
+    "a.@lan",
+    "a..b@lan",
+    "a\\@b@lan",
+    "a@-bad-.com",
+    "a@b_c.com",
+    "a@lan.",
+    "a@" + "l" * 64 + ".lan",
+    '"a\\"@lan',
+    '"a"b"@lan',
+]
+GOOD_MAILBOXES = [
+    "a@lan",
+    "first.last+tag@mail.example.net",
+    "!#$%&'*+-/=?^_`{|}~@x.y",
+    "a@[192.168.1.20]",
+    "a@[IPv6:fe80::1]",
+    "a@[IPv6:::ffff:10.0.0.1]",
+    '"a b"@lan',
+    '"a\\"b"@lan',
+    "a@" + "l" * 63 + ".lan",
+    "a@0-9.lan",
+]
+
+
+@pytest.mark.parametrize("addr", BAD_MAILBOXES)
+def test_invalid_mailbox_is_refused(relay, addr):
+    c = relay.connect()
+    ehlo(c)
+    assert c.cmd(f"MAIL FROM:<{addr}>") == R["BAD_SENDER"], addr
+    assert c.cmd("MAIL FROM:<a@lan>") == R["SENDER_OK"]
+    assert c.cmd(f"RCPT TO:<{addr}>") == R["BAD_RCPT"], addr
+
+
+def test_valid_mailboxes_are_taken(relay):
+    c = relay.connect()
+    ehlo(c)
+    for addr in GOOD_MAILBOXES:
+        assert c.cmd(f"MAIL FROM:<{addr}>") == R["SENDER_OK"], addr
+        assert c.cmd(f"RCPT TO:<{addr}>") == R["RCPT_OK"], addr
+        assert c.cmd("RSET") == R["OK"]
+    assert c.cmd("MAIL FROM:<>") == R["SENDER_OK"]
+    assert c.cmd("RCPT TO:<postmaster>") == R["RCPT_OK"]
+
+
+def test_non_ascii_address_gets_553(relay_factory):
+    relay = relay_factory(max_errors=2)
+    c = relay.connect()
+    ehlo(c)
+    # A refusal, not a protocol error: the budget of 2 is not used up.
+    for _ in range(3):
+        assert c.cmd("MAIL FROM:<jürgen@lan>".encode()) == R["NON_ASCII_ADDRESS"]
+    assert c.cmd("MAIL FROM:<a@lan>") == R["SENDER_OK"]
+    assert c.cmd("RCPT TO:<b@bücher.example>".encode()) == R["NON_ASCII_ADDRESS"]
+    assert c.cmd(b"RCPT TO:<b@\xfc.example>") == R["NON_ASCII_ADDRESS"]
+    assert c.cmd("NOOP ü".encode()) == R["SYNTAX"]
+    assert c.cmd(b"MAIL FROM:<a\x01\xfc@lan>") == R["TOO_MANY_ERRORS"]
+
+
+@pytest.mark.parametrize(
+    "arg", ["x;y(z", "x\ty", "a(b", "<dev>", 'd"q', "a\\b", "[1.2.3.4", "[bogus]", "x,y"]
+)
+def test_helo_argument_that_would_break_received_is_refused(relay, arg):
+    c = relay.connect()
+    c.reply()
+    assert c.cmd("HELO " + arg) == R["ARGS"], arg
+    assert c.cmd("EHLO " + arg) == R["ARGS"], arg
+    assert c.cmd("MAIL FROM:<a@lan>") == R["NEED_HELO"]
+
+
+@pytest.mark.parametrize("verb, proto", [("HELO", b"SMTP"), ("EHLO", b"ESMTP")])
+@pytest.mark.parametrize("name", ["cam_01", "192.168.1.7", "[192.168.1.7]", "[IPv6:fe80::1]"])
+def test_helo_names_devices_send_are_taken(relay, verb, proto, name):
+    c = relay.connect()
+    c.reply()
+    assert c.cmd(f"{verb} {name}")[:3] == b"250"
+    for line in ("MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(line)
+    assert c.cmd(b"Subject: s\r\n\r\nx\r\n.").startswith(b"250 2.0.0 Queued as ")
+    (id,) = relay.queued()
+    _, msg = relay.message(id)
+    want = b"Received: from %s ([127.0.0.1])\r\n\tby relaybox.test (relaybox) with %s id %s"
+    assert msg.startswith(want % (name.encode(), proto, id.encode())), msg
+
+
+def test_duplicate_size_parameter_is_refused(relay):
+    c = relay.connect()
+    ehlo(c)
+    assert c.cmd("MAIL FROM:<a@lan> SIZE=1 SIZE=2") == R["ARGS"]
+    assert c.cmd("MAIL FROM:<a@lan> BODY=7BIT body=8BITMIME") == R["ARGS"]
+    assert c.cmd("MAIL FROM:<a@lan> SIZE=1 BODY=7BIT") == R["SENDER_OK"]
+
+
+def test_duplicate_recipient_is_stored_once(relay_factory):
+    relay = relay_factory(max_recipients=2)
+    c = relay.connect()
+    ehlo(c)
+    c.cmd("MAIL FROM:<a@lan>")
+    for _ in range(3):
+        assert c.cmd("RCPT TO:<b@example.net>") == R["RCPT_OK"]
+    assert c.cmd("RCPT TO:<c@example.net>") == R["RCPT_OK"]
+    assert c.cmd("DATA") == R["START_DATA"]
+    assert c.cmd(b"Subject: s\r\n\r\nx\r\n.").startswith(b"250 ")
+    (id,) = relay.queued()
+    env, _ = relay.message(id)
+    assert [e for e in env if e.startswith("T ")] == ["T b@example.net", "T c@example.net"]
+
+
+def test_nul_in_data_refuses_the_message(relay):
+    """RFC 5322 text has no NUL octet: the device hears 554 now, not a bounce later."""
+    c = relay.connect()
+    ehlo(c)
+    for line in ("MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        c.cmd(line)
+    c.send(b"Subject: s\r\n\r\nbinary\x00junk\r\nmore\r\n")
+    assert c.cmd(b".") == R["NUL_IN_DATA"]
+    assert relay.queued() == [] and list((relay.spool / "tmp").iterdir()) == []
+    assert c.cmd("NOOP") == R["OK"]
+
+
+def test_stop_says_421_to_every_client(relay):
+    """RFC 5321 section 3.8: on shutdown each session gets 421; a message still in DATA
+    is dropped whole, never half queued."""
+    idle = relay.connect()
+    idle.reply()
+    busy = relay.connect()
+    ehlo(busy)
+    for line in ("MAIL FROM:<a@lan>", "RCPT TO:<b@example.net>", "DATA"):
+        busy.cmd(line)
+    busy.send(b"Subject: half\r\n\r\nsome of it")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert relay.stop() == 0, relay.log()
+    assert time.monotonic() - t0 < 5
+    assert idle.reply() == R["SHUTTING_DOWN"]
+    assert busy.reply() == R["SHUTTING_DOWN"]
+    assert idle.closed() and busy.closed()
+    assert relay.queued() == [] and list((relay.spool / "tmp").iterdir()) == []
+    relay.wait_log("relay: stopped")
+
+
+def test_stop_is_bounded_when_a_client_reads_nothing(relay):
+    deaf = relay.connect()
+    deaf.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    deaf.sock.settimeout(0.5)
+    try:
+        for _ in range(400):
+            deaf.sock.sendall(b"NOOP\r\n" * 2000)
+    except OSError:
+        pass  # blocked: the relay's replies back up
+    t0 = time.monotonic()
+    assert relay.stop() == 0, relay.log()
+    assert time.monotonic() - t0 < 6, relay.log()

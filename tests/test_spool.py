@@ -1,7 +1,10 @@
 """Durability of the spool: power cuts (SIGKILL), recovery, full flash and big messages."""
 
+import os
 import random
+import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -211,6 +214,26 @@ def config_error(build_dir, tmp_path, config_text):
             "relaybox: config error: upstream.user: is required when upstream is set",
         ),
         ('{"allow": ["192.168.1.300/24"]}', "relaybox: config error: allow: "),
+        ('{"listen": 25}', "relaybox: config error: listen: must be an object"),
+        (
+            '{"upstream": "smtp.example.net"}',
+            "relaybox: config error: upstream: must be an object",
+        ),
+        (
+            '{"allow": []}',
+            "relaybox: config error: allow: must list at least one network (an empty list"
+            " refuses every client)",
+        ),
+        (
+            '{"spool": "/nonexistent/deep/spool"}',
+            "relaybox: config error: spool: cannot use /nonexistent/deep/spool: a folder on the"
+            " path does not exist",
+        ),
+        (
+            '{"listen": {"host": "192.0.2.1", "port": 35101}}',
+            "relaybox: config error: listen: cannot listen on 192.0.2.1:35101: not an address of"
+            " this host",
+        ),
     ],
 )
 def test_invalid_config_stops_with_one_line(build_dir, tmp_path, text, line):
@@ -218,6 +241,25 @@ def test_invalid_config_stops_with_one_line(build_dir, tmp_path, text, line):
     assert code == 2
     assert out.strip().count("\n") == 0, out
     assert out.startswith(line), out
+
+
+def test_spool_that_is_a_file_stops_with_one_line(build_dir, tmp_path):
+    code, out = config_error(build_dir, tmp_path, '{"spool": "config.json"}')
+    assert code == 2
+    want = "relaybox: config error: spool: cannot use %s/config.json: not a folder\n"
+    assert out == want % (tmp_path / "bad"), out
+
+
+def test_listen_address_in_use_stops_with_one_line(build_dir, tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        text = '{"listen": {"host": "127.0.0.1", "port": %d}}' % port
+        code, out = config_error(build_dir, tmp_path, text)
+    assert code == 2
+    want = "relaybox: config error: listen: cannot listen on 127.0.0.1:%d: address in use\n"
+    assert out == want % port, out
 
 
 def test_relaybox_run_stops_on_sigterm_and_ignores_stdin_eof(tmp_path):
@@ -253,3 +295,54 @@ def test_relaybox_run_stops_on_sigterm_and_ignores_stdin_eof(tmp_path):
     assert proc.returncode == 0, out
     assert b"relay: stopped" in out
     assert len(list((tmp_path / "spool" / "q").iterdir())) == 1
+
+
+def test_recovery_skips_folders_in_the_spool(relay_factory):
+    relay = relay_factory(start=False)
+    for area in ("tmp", "q", "dead"):
+        (relay.spool / area / "stray").mkdir(parents=True)
+    relay.start()
+    relay.wait_log(r"spool: 0 queued, 0 dead letters")
+    for area in ("tmp", "q", "dead"):
+        relay.wait_log(r"spool: skipped folder .*/%s/stray" % area)
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@lan", ["b@example.net"], b"Subject: s\r\n\r\nx\r\n")
+    assert len([id for id in relay.queued() if id != "stray"]) == 1
+    assert relay.proc.poll() is None
+
+
+SYNC_SCRIPT = """
+from relaybox.spool import Spool
+s = Spool("spool")
+s.recover()
+w = s.writer("a@lan", ["b@example.net"], "127.0.0.1", "dev")
+w.write(b"Subject: s\\r\\n\\r\\nx\\r\\n")
+id = w.commit()
+s.set_state(id, {"attempts": 1})
+s.set_note("backoff", {"until": 5})
+print("done")
+"""
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is not installed")
+def test_files_reach_the_disk_before_their_rename(tmp_path):
+    """A power cut on a host with a real disk cannot leave a renamed but empty file."""
+    import mpdriver
+
+    script = tmp_path / "sync.py"
+    script.write_text(SYNC_SCRIPT)
+    env = dict(os.environ, MICROPYPATH=".frozen:%s" % mpdriver.FIRMWARE)
+    out = subprocess.run(
+        ["strace", "-e", "trace=fsync,rename", str(mpdriver.MICROPYTHON), str(script)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "done" in out.stdout, out.stdout + out.stderr
+    calls = [line.split("(")[0] for line in out.stderr.splitlines() if "(" in line]
+    renames = [i for i, c in enumerate(calls) if c == "rename"]
+    assert len(renames) == 3, out.stderr
+    for i in renames:
+        assert i > 0 and calls[i - 1] == "fsync", out.stderr

@@ -13,6 +13,22 @@ from .spool import DEAD, QUEUE, Spool
 
 _CA_FILE = "upstream-ca.pem"
 _REBOOT_EXIT = 3  # `relaybox run` starts the firmware again on this exit code
+_STOP_MS = 3000  # the longest a stop waits for clients to take their 421
+# What an OSError from the spool folder or the listening socket means to the owner.
+_WHY = {
+    2: "a folder on the path does not exist",
+    13: "permission denied",
+    17: "exists and is not a folder",
+    20: "not a folder",
+    30: "read-only file system",
+    98: "address in use",
+    99: "not an address of this host",
+}
+
+
+def _why(err):
+    n = err.args[0] if err.args else None
+    return _WHY.get(n) or "error %s" % n
 
 
 class Relay:
@@ -34,23 +50,40 @@ class Relay:
             self.delivery.wake()
 
     async def run(self, console=True):
-        queued, dead = self.spool.recover()
-        log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
+        try:
+            queued, dead = self.spool.recover()
+        except OSError as e:
+            raise ConfigError("spool", "cannot use %s: %s" % (self.spool.root, _why(e))) from None
         if self.board and hasattr(self.board, "Network"):
             self.network = self.board.Network(self.cfg.values, log)
             asyncio.create_task(self.network.run())
-        await self.server.start()
+        if console:
+            # Before the server listens: a heap too small for the console is known before
+            # the relay says it is up, and the relay then runs without one.
+            try:
+                from . import console as _console
+
+                # A board's serial line has no terminal driver to echo what a person types.
+                echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
+                _console.start(self, echo)
+            except MemoryError:
+                log.error("relay", "not enough memory for the console: running without it")
+        try:
+            await self.server.start()
+        except OSError as e:
+            where = "%s:%d" % (self.cfg.get("listen.host"), self.cfg.get("listen.port"))
+            raise ConfigError("listen", "cannot listen on %s: %s" % (where, _why(e))) from None
+        log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
         asyncio.create_task(self.server.watchdog())
         self.start_delivery()
-        if console:
-            from . import console as _console
-
-            # A board's serial line has no terminal driver to echo what a person types.
-            echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
-            _console.start(self, echo)
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
+
+    def stop(self):
+        """After SIGINT: every client hears 421 (RFC 5321 section 3.8), for a bounded
+        time; a message still in DATA is dropped, never half queued."""
+        asyncio.run(self.server.stop(_STOP_MS))
 
     def start_delivery(self):
         """(Re)start delivery with the current upstream settings."""
@@ -105,8 +138,7 @@ class Relay:
                 oldest_age = _age(self.spool.envelope(oldest[0]).arrived, now)
             except (OSError, ValueError):
                 pass
-        gc.collect()
-        return {
+        out = {
             "version": VERSION,
             "board": self._board_name(),
             "uptime": int(now - self.started),
@@ -116,9 +148,12 @@ class Relay:
             "queue": {"count": self.spool.count(QUEUE), "oldest_age": oldest_age},
             "dead": self.spool.count(DEAD),
             "flash_free": self.spool.free_bytes(),
-            "heap_free": gc.mem_free(),
             "restart_needed": self.restart_needed,
         }
+        # Collected last, so that the garbage of listing the spool is not counted as used.
+        gc.collect()
+        out["heap_free"] = gc.mem_free()
+        return out
 
     def set_config(self, key, value):
         restart = self.cfg.set(key, value)
@@ -314,17 +349,20 @@ def main(config_path=None):
     except ImportError:
         board = None
     path = config_path or _config_path(board)
+    relay = None
     try:
         cfg = Config.load(path)
         log.setup(cfg.get("log.level"), cfg.get("log.ring"))
         relay = Relay(cfg, board)
+        # The spool folder and the listening address are only tried here.
+        asyncio.run(relay.run())
     except ConfigError as e:
         print("relaybox: config error: %s" % e)
         if board is None or getattr(board, "EXIT_CODES", False):
             sys.exit(2)
         # A board soft-resets on exit and runs main.py again, forever: stay at the REPL.
         return
-    try:
-        asyncio.run(relay.run())
     except KeyboardInterrupt:
+        if relay:
+            relay.stop()
         log.info("relay", "stopped")

@@ -57,6 +57,8 @@ def _address(v):
 
 
 def _allow(v):
+    if not v:
+        return "must list at least one network (an empty list refuses every client)"
     try:
         policy.Policy(v)
     except ValueError as e:
@@ -190,7 +192,9 @@ def parse_value(key, text):
 def _flatten(d, prefix, out):
     for k, v in d.items():
         key = prefix + k
-        if type(v) is dict and key + "." in _SECTIONS:
+        if key + "." in _SECTIONS and v is not None:
+            if type(v) is not dict:
+                raise ConfigError(key, "must be an object")
             _flatten(v, key + ".", out)
         else:
             out[key] = v

@@ -74,12 +74,14 @@ class Inbound:
             self._end_header()
 
 
-def received(helo, peer_ip, hostname, msg_id, rcpts):
-    """A Received: field (RFC 5321 section 4.4) for the top of the message."""
-    v = "Received: from %s ([%s])\r\n\tby %s (relaybox) with ESMTP id %s" % (
+def received(helo, esmtp, peer_ip, hostname, msg_id, rcpts):
+    """A Received: field (RFC 5321 section 4.4) for the top of the message; "with" names
+    the protocol the client chose, SMTP after HELO, ESMTP after EHLO (RFC 3848)."""
+    v = "Received: from %s ([%s])\r\n\tby %s (relaybox) with %s id %s" % (
         helo,
         peer_ip,
         hostname,
+        "ESMTP" if esmtp else "SMTP",
         msg_id,
     )
     if len(rcpts) == 1:  # one recipient only: more would tell each who else got it

@@ -7,6 +7,7 @@ from micropython import const
 
 from . import log, replies
 from .message import Inbound, received
+from .policy import parse_ip
 from .spool import is_full
 
 # RFC 5321 section 4.5.3.1: text lines are 1000 octets with CRLF; a dot-stuffed data
@@ -91,6 +92,13 @@ def _is_ascii_text(line):
     return True
 
 
+def _is_8bit_text(line):
+    for c in line:
+        if c < 0x20 and c != 0x09 or c == 0x7F:
+            return False
+    return True
+
+
 def _quote_end(text, i):
     """Index of the quote that closes the quoted string opening at text[i], or -1."""
     i += 1
@@ -139,15 +147,89 @@ def _parse_path(arg, prefix):
     return path, rest.split()
 
 
+# RFC 5321 section 4.1.2: atext is a letter, a digit or one of these.
+_ATEXT = "!#$%&'*+-/=?^_`{|}~"
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _dot_string(text):
+    """Atoms of atext joined by single dots."""
+    if not text or text[0] == "." or text[-1] == "." or ".." in text:
+        return False
+    for c in text:
+        if not (c.isalpha() or c.isdigit() or c == "." or c in _ATEXT):
+            return False
+    return True
+
+
+def _quoted_string(text):
+    """A quoted string of printable ASCII, with backslash pairs."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return False
+    i = 1
+    end = len(text) - 1
+    while i < end:
+        c = text[i]
+        if c == "\\":
+            i += 1
+            if i == end:
+                return False  # the closing quote was escaped
+        elif c == '"':
+            return False
+        i += 1
+    return True
+
+
+def _address_literal(text):
+    """The inside of [...]: an IPv4 address, or IPv6: with a plausible IPv6 address."""
+    if text[:5].upper() == "IPV6:":
+        text = text[5:]
+        colons = text.count(":")
+        if not 2 <= colons <= 7 or text.count("::") > 1:
+            return False
+        for c in text:
+            if c not in _HEX and c != ":" and c != ".":
+                return False
+        return True
+    return parse_ip(text) is not None
+
+
+def _domain(text):
+    """Labels of letters, digits and inner hyphens (RFC 5321 section 4.1.2), or an
+    address literal."""
+    if text[:1] == "[":
+        return text[-1] == "]" and _address_literal(text[1:-1])
+    if not text or len(text) > _MAX_DOMAIN:
+        return False
+    for label in text.split("."):
+        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        for c in label:
+            if not (c.isalpha() or c.isdigit() or c == "-"):
+                return False
+    return True
+
+
 def _valid_mailbox(addr):
     at = addr.rfind("@")
-    if at < 1 or at == len(addr) - 1:
+    if at < 1:
         return False
-    domain = addr[at + 1 :]
-    if domain.startswith("["):
-        return domain.endswith("]")
-    for label in domain.split("."):
-        if not label:
+    local = addr[:at]
+    if not (_quoted_string(local) if local[0] == '"' else _dot_string(local)):
+        return False
+    return _domain(addr[at + 1 :])
+
+
+def _helo_name(arg):
+    """A HELO/EHLO argument that may go into Received:. Devices often send a bare host
+    name with underscores or a bare address: accepted, but nothing that could break the
+    header (white space, brackets, quotes, semicolons) gets in."""
+    if not arg or len(arg) > _MAX_DOMAIN:
+        return False
+    if arg[0] == "[":
+        return arg[-1] == "]" and _address_literal(arg[1:-1])
+    for c in arg:
+        if not (c.isalpha() or c.isdigit() or c in "-_."):
             return False
     return True
 
@@ -164,6 +246,7 @@ class Session:
         self.timed_out = False
         self.errors = 0
         self.helo = None
+        self.esmtp = False
         self._reset()
 
     def _reset(self):
@@ -224,6 +307,12 @@ class Session:
             n -= 1
         line = line[:n]
         if not _is_ascii_text(line):
+            head = bytes(line[:5]).upper()
+            if (head == b"MAIL " or head == b"RCPT ") and _is_8bit_text(line):
+                # A UTF-8 address, which needs SMTPUTF8 (RFC 6531 section 3.5): a refusal
+                # like any other address, not a protocol mistake.
+                await self.reply(replies.NON_ASCII_ADDRESS)
+                return True
             return not await self._error(replies.SYNTAX)
         text = bytes(line).decode()
         verb, _, arg = text.partition(" ")
@@ -243,17 +332,19 @@ class Session:
         return not reply.startswith(b"421")
 
     async def do_helo(self, arg):
-        if not arg or " " in arg or len(arg) > _MAX_DOMAIN:
+        if not _helo_name(arg):
             return replies.ARGS
         self._reset()
         self.helo = arg
+        self.esmtp = False
         return ("250 %s\r\n" % self.server.hostname).encode()
 
     async def do_ehlo(self, arg):
-        if not arg or " " in arg or len(arg) > _MAX_DOMAIN:
+        if not _helo_name(arg):
             return replies.ARGS
         self._reset()
         self.helo = arg
+        self.esmtp = True
         return (
             "250-%s greets %s\r\n250-SIZE %d\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
             "250-ENHANCEDSTATUSCODES\r\n250 HELP\r\n"
@@ -269,8 +360,12 @@ class Session:
         if parsed is None or parsed[0] and not _valid_mailbox(parsed[0]):
             return replies.BAD_SENDER
         path, params = parsed
+        seen = []
         for p in params:
             key, _, value = p.upper().partition("=")
+            if key in seen:
+                return replies.ARGS  # SIZE=1 SIZE=2: which one?
+            seen.append(key)
             if key == "SIZE":
                 if not value.isdigit():
                     return replies.ARGS
@@ -303,6 +398,8 @@ class Session:
             return replies.PARAM_UNKNOWN
         if not self.server.policy.may_relay(self.peer):
             return replies.RELAY_DENIED
+        if path in self.rcpts:
+            return replies.RCPT_OK  # stored once, so it is delivered once
         if len(self.rcpts) >= self.server.max_rcpts:
             return replies.TOO_MANY_RCPTS
         self.rcpts.append(path)
@@ -354,7 +451,10 @@ class Session:
         give (OK when the message may be committed) or None when the client left."""
         srv = self.server
         msg = Inbound(
-            w, received(self.helo, self.peer, srv.hostname, w.id, self.rcpts), w.id, srv.hostname
+            w,
+            received(self.helo, self.esmtp, self.peer, srv.hostname, w.id, self.rcpts),
+            w.id,
+            srv.hostname,
         )
         result = replies.OK
         size = 0
@@ -382,16 +482,21 @@ class Session:
             size += len(text) + 2
             if result is not replies.OK:
                 continue
+            buf = self.reader.buf
+            lo = self.reader.at + (n - len(text))  # where text starts in buf
             if len(text) > _MAX_TEXT:
                 result = replies.DATA_LINE_TOO_LONG
             elif size > srv.max_bytes:
                 result = replies.SIZE_EXCEEDED
             elif size > room:
                 result = replies.STORAGE_FULL
+            elif buf.find(b"\0", lo, lo + len(text)) >= 0:
+                # RFC 5322 text has no NUL, and a provider would refuse it later, when
+                # the device could no longer be told.
+                result = replies.NUL_IN_DATA
             else:
                 try:
-                    lo = self.reader.at + (n - len(text))
-                    if self.reader.buf.find(b"\r", lo, lo + len(text)) < 0:
+                    if buf.find(b"\r", lo, lo + len(text)) < 0:
                         msg.line(text)
                     else:
                         # A bare CR is a line end to some servers, so "\r.\r" could end
@@ -544,8 +649,15 @@ class Server:
         except Exception:
             pass
 
-    async def stop(self):
+    async def stop(self, wait_ms):
+        """Stop listening and end every session with 421; wait at most wait_ms for them."""
         if self.server:
             self.server.close()
-        for s in list(self.sessions):
-            s.task.cancel()
+        tasks = [s.task for s in self.sessions]
+        for t in tasks:
+            t.cancel()
+        t0 = time.ticks_ms()
+        while time.ticks_diff(time.ticks_ms(), t0) < wait_ms:
+            if all(t.done() for t in tasks):
+                return
+            await asyncio.sleep_ms(20)

@@ -14,11 +14,14 @@ from binascii import hexlify
 
 from micropython import const
 
+from . import log
+
 _MAGIC = b"RBX1\n"
 _OUT_SIZE = const(512)  # batches short lines into fewer flash writes
 _MAX_ENV_LINE = const(1100)  # a command line is at most 1000 octets
 _ENOENT = const(2)
 _ENOSPC = const(28)
+_DIR = const(0x4000)  # the type os.ilistdir gives a folder
 QUEUE = "q"
 DEAD = "dead"
 
@@ -41,6 +44,12 @@ def _exists(path):
         return True
     except OSError:
         return False
+
+
+def _write_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f)
+        f.flush()  # on the disk before the caller renames it
 
 
 def _remove(path):
@@ -93,6 +102,9 @@ class Writer:
         """Close and rename into the queue; only then may the client hear 250."""
         try:
             self._flush()
+            # flush() is fsync on a host and a sync on LittleFS: the data is on the disk
+            # before the rename can be, so a power cut cannot leave a renamed empty file.
+            self.f.flush()
             self.f.close()
             self.f = None
             os.rename(self.tmp, "%s/%s/%s" % (self.spool.root, QUEUE, self.id))
@@ -127,6 +139,10 @@ class Spool:
         for d in ("", "/tmp", "/" + QUEUE, "/" + DEAD):
             if not _exists(self.root + d):
                 os.mkdir(self.root + d)
+        for area in ("tmp", QUEUE, DEAD):
+            for entry in os.ilistdir(self.root + "/" + area):
+                if entry[1] == _DIR:
+                    log.warn("spool", "skipped folder %s/%s/%s" % (self.root, area, entry[0]))
         self._sweep("tmp", lambda area, name: True)
         self._sweep(QUEUE, self._orphan)
         self._sweep(DEAD, self._orphan)
@@ -154,8 +170,10 @@ class Spool:
                 return
 
     def _names(self, area):
+        # Only files: a folder someone made in the spool is neither a message nor ours.
         for entry in os.ilistdir(self.root + "/" + area):
-            yield entry[0]
+            if entry[1] != _DIR:
+                yield entry[0]
 
     def _new_id(self):
         # Time first so that names sort by arrival; random bits because a board's
@@ -244,8 +262,7 @@ class Spool:
 
     def set_state(self, id, state, area=QUEUE):
         tmp = self._path(area, id + ".s.tmp")
-        with open(tmp, "w") as f:
-            json.dump(state, f)
+        _write_json(tmp, state)
         os.rename(tmp, self._path(area, id + ".s"))
 
     def remove(self, id, area=QUEUE):
@@ -285,8 +302,7 @@ class Spool:
         if value is None:
             _remove(path)
             return
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f)
+        _write_json(path + ".tmp", value)
         os.rename(path + ".tmp", path)
 
 

@@ -1,5 +1,6 @@
 """`relaybox run`: the firmware on this host under the MicroPython unix port (board `unix`)."""
 
+import argparse
 import json
 import os
 import shutil
@@ -77,20 +78,81 @@ def _terminal_state():
         return None
 
 
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+_SI_KERNEL = 0x80  # Linux si_code of a signal the terminal sent (Ctrl-C)
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup():
+    """A preexec_fn for the firmware: the signals this process waits for are open again,
+    and on Linux the firmware is killed when this process dies, even by SIGKILL."""
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _libc_prctl()
+
+
 def _wait(child):
+    """Wait for the firmware, passing it one SIGINT for each SIGINT or SIGTERM sent to
+    this process. A Ctrl-C at the terminal reached the firmware already (one process
+    group), so that one is not passed on: twice would cut its orderly stop short."""
+    while True:
+        info = signal.sigtimedwait(_SIGNALS, 1.0)
+        if child.poll() is not None:
+            return child.returncode
+        if info is None or info.si_signo == signal.SIGCHLD:
+            continue
+        if info.si_signo == signal.SIGINT and info.si_code == _SI_KERNEL:
+            continue
+        child.send_signal(signal.SIGINT)  # the firmware stops cleanly on SIGINT
+
+
+def _wait_portable(child):
+    # Without sigtimedwait (macOS): SIGTERM is passed on by a handler, Ctrl-C reached the
+    # firmware itself.
     while True:
         try:
             return child.wait()
         except KeyboardInterrupt:
-            # The terminal sent SIGINT to the child too; wait for it to finish.
             continue
+
+
+def _stop_early(signum, frame):
+    raise KeyboardInterrupt  # before the firmware runs: the build folder goes on the way out
+
+
+def heap_size(text):
+    """--heap: bytes, or a number with K or M, as MicroPython's -X heapsize takes it."""
+    digits = text[:-1] if text[-1:] in ("K", "k", "M", "m") else text
+    if not digits.isdigit() or not digits.isascii() or int(digits) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 256K, 1M or 262144")
+    return text.upper()
 
 
 def add_parser(sub):
     p = sub.add_parser("run", help="run the relay on this host (unix board)")
     p.add_argument("--config", type=Path, help="config file (default: run/config.json)")
     p.add_argument(
-        "--heap", default="256K", help="MicroPython heap size, e.g. 110K (default 256K)"
+        "--heap",
+        default="256K",
+        type=heap_size,
+        help="MicroPython heap size, e.g. 110K, 1M or 262144 (default 256K)",
     )
     p.add_argument("--source", action="store_true", help="run the .py sources, not bytecode")
     p.set_defaults(func=cmd_run)
@@ -100,27 +162,40 @@ def cmd_run(args):
     config = args.config or default_config()
     if not Path(config).is_file():
         raise ToolError(f"config file {config} not found")
+    # From here on a SIGTERM cleans up: the build folder is never left behind.
+    signal.signal(signal.SIGTERM, _stop_early)
     build_dir = tempfile.mkdtemp(prefix="relaybox-unix-")
     terminal = _terminal_state()
+    waitinfo = hasattr(signal, "sigtimedwait")
+    children = []
     try:
         compile_firmware("unix", build_dir, source=args.source)
         cmd = command(build_dir, Path(config).resolve(), args.heap)
-        children = []
+        if waitinfo:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        else:
 
-        # SIGTERM becomes SIGINT for the firmware, which it handles as a clean stop.
-        def forward(signum, frame):
-            children[-1].send_signal(signal.SIGINT)
+            def forward(signum, frame):
+                children[-1].send_signal(signal.SIGINT)
 
-        signal.signal(signal.SIGTERM, forward)
+            signal.signal(signal.SIGTERM, forward)
         while True:
-            children.append(subprocess.Popen(cmd, env=environment(build_dir)))
-            code = _wait(children[-1])
+            children.append(
+                subprocess.Popen(cmd, env=environment(build_dir), preexec_fn=_child_setup)
+            )
+            code = _wait(children[-1]) if waitinfo else _wait_portable(children[-1])
             if code != REBOOT_EXIT:
                 return code
             print("relaybox: the firmware asked for a reboot; starting it again", flush=True)
+    except KeyboardInterrupt:
+        # Only before the firmware runs: afterwards these signals are waited for, not raised.
+        print("relaybox: stopped before the firmware started", file=sys.stderr)
+        return 130
     finally:
         if terminal is not None:
             import termios
 
             termios.tcsetattr(0, termios.TCSADRAIN, terminal)
         shutil.rmtree(build_dir, ignore_errors=True)
+        if waitinfo:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)

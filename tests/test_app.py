@@ -1,0 +1,49 @@
+"""The relay as a whole under MicroPython: start-up on a small heap, and status."""
+
+import time
+
+import mpdriver
+
+
+def test_relay_that_says_it_listens_keeps_running_at_any_heap(relay_factory):
+    """The console's buffers are taken before the server listens: on a heap too small for
+    them the relay runs without a console (and says so) or stops before it claims to be up,
+    never the moment after."""
+    skipped = 0
+    for kib in range(80, 132, 4):
+        r = relay_factory(f"heap{kib}", start=False, heap=f"{kib}K")
+        r.start(wait_for=None)
+        deadline = time.monotonic() + 10
+        while r.proc.poll() is None and "running as" not in r.log():
+            assert time.monotonic() < deadline, r.log()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        if "listening on" in r.log():
+            assert r.proc.poll() is None, f"{kib}K:\n{r.log()}"
+        skipped += "running without it" in r.log()
+        r.stop()
+    assert skipped, "no heap in the range was too small for the console alone"
+
+
+STATUS = """
+import gc
+from relaybox.app import Relay
+from relaybox.config import Config
+
+relay = Relay(Config({"spool": "spool"}, "./config.json"), None)
+relay.spool.recover()
+for i in range(300):
+    open("spool/q/%016d" % i, "w").close()
+st = relay.status()
+gc.collect()
+print(st["queue"]["count"], gc.mem_free() - st["heap_free"])
+"""
+
+
+def test_status_heap_free_does_not_count_listing_garbage():
+    result = mpdriver.run(STATUS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    count, missing = map(int, result.stdout.split())
+    assert count == 300
+    # The status dict itself is all that may differ; 300 directory entries are ~40 KB.
+    assert missing < 2048, result.stdout

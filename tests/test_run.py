@@ -1,0 +1,113 @@
+"""`relaybox run` as a person or a service manager uses it: signals, the firmware child,
+the build folder and the --heap argument."""
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from relayproc import free_port
+
+RELAYBOX = Path(sys.executable).with_name("relaybox")
+
+
+def _children(pid):
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Starts `relaybox run` with its own temporary folder; kills what is left after."""
+    procs = []
+
+    def start(wait=True):
+        port = free_port()
+        cfg = tmp_path / "config.json"
+        cfg.write_text(
+            '{"listen": {"host": "127.0.0.1", "port": %d}, "allow": ["127.0.0.0/8"]}' % port
+        )
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [str(RELAYBOX), "run", "--config", str(cfg)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TMPDIR=str(tmp_path / "tmp")),
+            start_new_session=True,  # apart from the test's own process group
+        )
+        procs.append(proc)
+        deadline = time.monotonic() + 30
+        while wait:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as s:
+                    assert s.noop()[0] == 250
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "relaybox run did not start"
+                time.sleep(0.1)
+        proc.port = port
+        return proc
+
+    yield start
+    for p in procs:
+        for child in _children(p.pid):
+            os.kill(child, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def test_sigint_to_relaybox_alone_stops_the_firmware(run):
+    proc = run()
+    proc.send_signal(signal.SIGINT)  # not to the group, as `kill -INT PID` does
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert b"relay: stopped" in out
+
+
+def test_firmware_dies_with_relaybox(run):
+    proc = run()
+    (child,) = _children(proc.pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child):
+        assert time.monotonic() < deadline, "the firmware outlived relaybox run"
+        time.sleep(0.05)
+    with pytest.raises(OSError):
+        smtplib.SMTP("127.0.0.1", proc.port, timeout=2)
+
+
+def test_sigterm_while_compiling_leaves_no_build_folder(run, tmp_path):
+    proc = run(wait=False)
+    deadline = time.monotonic() + 10
+    while not list((tmp_path / "tmp").glob("relaybox-unix-*")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.terminate()
+    out, _ = proc.communicate(timeout=15)
+    assert b"relaybox: stopped before the firmware started" in out, out
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("heap", ["abc", "0", "12Q", "-5", ""])
+def test_heap_must_be_a_size(heap):
+    proc = subprocess.run([str(RELAYBOX), "run", "--heap", heap], capture_output=True, text=True)
+    assert proc.returncode == 2
+    want = f"relaybox run: error: argument --heap: {heap!r} is not a size like 256K, 1M or 262144"
+    assert proc.stderr.splitlines()[-1] == want, proc.stderr
