@@ -319,7 +319,12 @@ def test_rp2_without_a_drive_explains_bootsel(tmp_path):
 def test_rp2_uf2_with_a_config_is_private_and_goes_after_the_copy(tmp_path):
     drive = fake_drive(tmp_path)
     config = tmp_path / "config.json"
-    upstream = {"host": "smtp.example.net", "user": "me", "password": "pw", "ca": "ca.pem"}
+    upstream = {
+        "host": "smtp.example.net",
+        "user": "me@example.net",
+        "password": "pw",
+        "ca": "ca.pem",
+    }
     config.write_text(json.dumps({"upstream": upstream}))
     built = ROOT / "build" / "relaybox-w5500-evb-pico.uf2"
     r = relaybox("flash", "--board", "w5500-evb-pico", "--config", config, "--drive", drive)

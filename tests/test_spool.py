@@ -216,6 +216,12 @@ def config_error(build_dir, tmp_path, config_text):
         ('{"allow": ["192.168.1.300/24"]}', "relaybox: config error: allow: "),
         ('{"listen": 25}', "relaybox: config error: listen: must be an object"),
         (
+            '{"upstream": {"host": "smtp.example.net", "user": "alice", "password": "x",'
+            ' "ca": "ca.pem"}}',
+            "relaybox: config error: upstream.sender: is required when upstream.user is no"
+            " address",
+        ),
+        (
             '{"upstream": "smtp.example.net"}',
             "relaybox: config error: upstream: must be an object",
         ),

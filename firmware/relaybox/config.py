@@ -256,6 +256,12 @@ class Config:
             port = self.get("upstream.port")
             if tls is None and port not in (None, 465, 587):
                 raise ConfigError("upstream.tls", "set starttls or implicit for port %d" % port)
+            user = self.get("upstream.user")
+            if user and "@" not in user and self.get("upstream.sender") is None:
+                # The sender defaults to the account name, which is no address here.
+                raise ConfigError(
+                    "upstream.sender", "is required when upstream.user is no address"
+                )
 
     def has(self, section):
         prefix = section + "."
