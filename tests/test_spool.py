@@ -346,6 +346,8 @@ def test_files_reach_the_disk_before_their_rename(tmp_path):
         text=True,
         timeout=60,
     )
+    if "ptrace" in out.stderr and "done" not in out.stdout:
+        pytest.skip("strace cannot trace here: " + out.stderr.strip().splitlines()[0])
     assert "done" in out.stdout, out.stdout + out.stderr
     calls = [line.split("(")[0] for line in out.stderr.splitlines() if "(" in line]
     renames = [i for i, c in enumerate(calls) if c == "rename"]
