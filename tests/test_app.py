@@ -47,3 +47,43 @@ def test_status_heap_free_does_not_count_listing_garbage():
     assert count == 300
     # The status dict itself is all that may differ; 300 directory entries are ~40 KB.
     assert missing < 2048, result.stdout
+
+
+LATE_NETWORK = """
+import asyncio
+import board
+
+
+class Network:
+    # A board whose link comes up a while after boot, as DHCP or a PHY does.
+    def __init__(self, cfg, log):
+        self.log = log
+        self.up = False
+
+    async def run(self):
+        await asyncio.sleep_ms(1500)
+        self.up = True
+        self.log.info("net", "link up")
+
+    def state(self):
+        return {"up": self.up, "ip": None, "detail": "stand-in"}
+
+
+board.Network = Network
+import relaybox.app
+
+relaybox.app.main()
+"""
+
+
+def test_fixed_listen_address_waits_for_the_board_network(relay_factory, tmp_path):
+    """A board cannot bind its own address before its network is up: the relay waits for
+    the link instead of stopping with "not an address of this host"."""
+    script = tmp_path / "late.py"
+    script.write_text(LATE_NETWORK)
+    relay = relay_factory(script=script, start=False)
+    relay.start(wait_for="listening on 127.0.0.1")
+    lines = relay.log().splitlines()
+    up = next(i for i, line in enumerate(lines) if "net: link up" in line)
+    listening = next(i for i, line in enumerate(lines) if "listening on" in line)
+    assert up < listening, relay.log()

@@ -68,6 +68,11 @@ class Relay:
                 _console.start(self, echo)
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
+        if self.network and self.cfg.get("listen.host") != "0.0.0.0":
+            # A board has its own address only once its network is up; the console
+            # already answers meanwhile.
+            while not self.network.state()["up"]:
+                await asyncio.sleep_ms(500)
         try:
             await self.server.start()
         except OSError as e:
