@@ -230,6 +230,36 @@ def test_too_old_to_retry_goes_to_dead_letters(relay_factory, certs):
     assert state["reason"].startswith("not delivered within 86400 s: connect: ")
 
 
+def test_refused_credentials_keep_old_mail_queued_until_fixed(relay_factory, certs):
+    """Past max_age, mail that waits for the owner's new password is not turned into dead
+    letters (and notices) that could not go anywhere either: it goes once fixed."""
+    with Upstream(certs, "starttls") as up:
+        retry = {"schedule": [1, 3600], "max_age": 86400}
+        relay = relay_factory(
+            upstream=upstream_cfg(up, password="wrong", retry=retry),
+            admin="owner@example.net",
+            start=False,
+        )
+        q = relay.spool / "q"
+        q.mkdir(parents=True)
+        arrived = int(time.time()) - 2 * 86400
+        (q / "0000000100010001").write_bytes(
+            b"RBX1\nF printer@lan\nT bob@example.org\nA %d\nP 127.0.0.1\nH dev.lan\n\n" % arrived
+            + MSG
+        )
+        relay.start()
+        relay.wait_log(r"auth: credentials refused")
+        time.sleep(1)
+        assert relay.queued() == ["0000000100010001"] and dead(relay) == [], relay.log()
+        relay.stop()
+        relay.config["upstream"] = upstream_cfg(up, retry=retry)
+        relay.config_path.write_text(json.dumps(relay.config))
+        relay.start()
+        wait_for(lambda: up.messages, what="delivery with the right password", relay=relay)
+    assert relay.queued() == [] and dead(relay) == []
+    assert [m.rcpts for m in up.messages] == [["bob@example.org"]]
+
+
 def test_arrival_from_an_unset_clock_is_not_too_old(relay_factory, certs):
     """A board that took mail before NTP answered stamped it in the year 2000: its age
     counts from when delivery first saw it, so it is kept and retried, not given up."""

@@ -276,6 +276,10 @@ class Delivery:
             "upstream session failed (%s); %d queued, next try in %d s"
             % (self.last_error, len(ids), step),
         )
+        if not e.temporary:
+            # Refused credentials or settings: no message is at fault, and each would wait
+            # in vain once it is a dead letter. They all stay queued for the owner's fix.
+            return
         # Messages past their age give up even when the server never answered.
         now = time.time()
         for id in ids:
