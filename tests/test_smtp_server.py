@@ -259,6 +259,28 @@ def test_idle_timeout(relay_factory):
     relay.wait_log("idle timeout")
 
 
+def test_trickling_client_is_timed_out_per_line(relay_factory):
+    """A byte every half second never completes a command: the idle timeout counts from
+    the last whole line, so such a client cannot keep one of the few sessions."""
+    relay = relay_factory(idle_timeout=2)
+    c = relay.connect()
+    c.reply()
+    c.sock.settimeout(0.5)
+    started = time.monotonic()
+    got = b""
+    for byte in b"NOOP NOOP NOOP NOOP NOOP NOOP":
+        try:
+            c.sock.sendall(bytes([byte]))
+            got += c.sock.recv(100)
+            break
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+    assert got.startswith(R["IDLE_TIMEOUT"][:9]), got
+    assert time.monotonic() - started < 6
+
+
 def test_idle_timeout_during_data_keeps_nothing(relay_factory):
     relay = relay_factory(idle_timeout=1)
     c = relay.connect()

@@ -81,8 +81,11 @@ class LineReader:
             n = await self.s.readinto(self.mv[self.end :])
             if not n:
                 return None
+            # The idle clock restarts with each complete line, not each byte: a client that
+            # trickles a byte at a time cannot hold its session for ever.
+            if self.buf.find(b"\n", self.end, self.end + n) >= 0:
+                self.session.last = time.ticks_ms()
             self.end += n
-            self.session.last = time.ticks_ms()
 
 
 def _is_ascii_text(line):
