@@ -129,7 +129,10 @@ class Relay:
             upstream["reachable"] = d.get("reachable")
             upstream["last_error"] = d.get("last_error")
             upstream["last_result"] = d.get("last_result")
-            upstream["next_attempt"] = d.get("next_attempt")
+            upstream["next_attempt"] = d.get("next_attempt")  # a date, for people
+            # Seconds from now, so that the host needs neither the board's clock nor a parser.
+            nxt = self.delivery.next_attempt if self.delivery else None
+            upstream["next_in"] = max(0, int(nxt - now)) if nxt else None
             upstream["delivered"] = d.get("delivered")
         oldest = self.spool.ids(QUEUE, 1)
         oldest_age = None

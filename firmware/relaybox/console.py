@@ -299,10 +299,15 @@ class Console:
             "clock     %s" % (s["clock"]["now"] if s["clock"]["set"] else "NOT SET"),
             "upstream  %s" % up["state"]
             + (" %s:%s" % (up["host"], up["port"]) if up.get("host") else "")
+            + {True: " reachable", False: " UNREACHABLE"}.get(up.get("reachable"), "")
             + (" authenticated" if up.get("authenticated") else ""),
         ]
+        if up.get("last_result"):
+            lines.append("          last result: %s" % up["last_result"])
         if up.get("last_error"):
             lines.append("          last error: %s" % up["last_error"])
+        if up.get("next_in") is not None:
+            lines.append("          next try in %s" % _age(up["next_in"]))
         q = s["queue"]
         lines.append(
             "queue     %d message(s), oldest %s; %d dead letter(s)"

@@ -181,15 +181,30 @@ def _upstream_text(up, now):
     if not up.get("configured"):
         return f"{up.get('state') or 'not configured'}; mail is held in the queue"
     text = f"{up.get('host')}:{up.get('port')} {up.get('state')}"
+    if up.get("reachable") is not None:
+        text += ", reachable" if up["reachable"] else ", unreachable"
     if up.get("authenticated"):
         text += ", authenticated"
+    elif up.get("authenticated") is False:
+        text += ", authentication refused"
+    if up.get("last_result"):
+        text += f"; last result: {up['last_result']}"
     if up.get("last_error"):
         text += f"; last error: {up['last_error']}"
-    if now and up.get("last_attempt"):
-        text += f"; last try {duration(now - up['last_attempt'])} ago"
-    if now and up.get("next_attempt"):
-        text += f"; next in {duration(max(0, up['next_attempt'] - now))}"
+    wait = _next_in(up, now)
+    if wait is not None:
+        text += f"; next try in {duration(wait)}"
     return text
+
+
+def _next_in(up, now):
+    """Seconds to the next try: the board says so, or (older firmware) gives a date."""
+    if isinstance(up.get("next_in"), (int, float)):
+        return max(0, up["next_in"])
+    when = _epoch(up.get("next_attempt")) if isinstance(up.get("next_attempt"), str) else None
+    if when is None or now is None:
+        return None
+    return max(0, when - now)
 
 
 def _epoch(date):
