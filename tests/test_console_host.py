@@ -287,3 +287,22 @@ def test_status_without_upstream(board_factory):
     out = b.ok("status")
     assert re.search(r"^upstream +not configured; mail is held in the queue$", out, re.M), out
     assert b.json("status")["upstream"] == {"configured": False, "state": "not configured"}
+
+
+def test_secret_prompt_leaves_a_raw_line_without_echo(board):
+    """A serial line (here the raw pty) does not echo: after a secret typed at the console,
+    the board must put back exactly that, or the host tool's requests come back at it."""
+    import termios
+
+    import serial
+
+    with serial.Serial(board.tty, timeout=0.2) as s:
+        s.write(b"set upstream.password\nTyped-" + SECRET.encode() + b"\n")
+        wait_for(lambda: b"ok (save to keep it)" in s.read(4096), "the secret to be set")
+        s.write(b'@{"id": 7, "cmd": "hello"}\n')
+        seen = bytearray()
+        wait_for(lambda: seen.extend(s.read(4096)) or b'"id": 7, "ok"' in seen, "hello")
+    attrs = termios.tcgetattr(board.pair._hold[0])
+    assert attrs[3] & termios.ECHO == 0, attrs
+    assert b'"cmd"' not in seen and SECRET.encode() not in seen, seen
+    assert board.ok("config", "get", "hostname") == "relaybox.test\n"
