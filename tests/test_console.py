@@ -95,8 +95,12 @@ def test_queue_test_retry_drop(relay):
     relay.type(f"drop {id}\n")
     relay.wait_log(f"^{id}: dropped$")
     assert relay.queued() == []
-    relay.type("drop 0123\n")
-    relay.wait_log(r"^error: no message 0123$")
+    relay.type("drop 0123456789abcdef\n")
+    relay.wait_log(r"^error: no message 0123456789abcdef$")
+    relay.type("drop ../spool/x\n")
+    relay.wait_log(
+        r"^error: not a message ID: '../spool/x' \(16 hex digits, as queue lists them\)$"
+    )
 
 
 def test_junk_and_overlong_lines(relay):
@@ -137,7 +141,7 @@ def test_queue_shows_backoff_and_retry_skips_it(relay):
     (msg,) = answer["result"]["queue"]
     assert msg["id"] == id and 3590 <= msg["next"] <= 3600, msg
     relay.type("status\n")
-    relay.wait_log(r"^upstream  waiting to retry 127\.0\.0\.1:9$")
+    relay.wait_log(r"^upstream  waiting to retry 127\.0\.0\.1:9 reachable$")
     failures = relay.log().count("upstream session failed")
     relay.type(f"retry {id}\n")
     relay.wait_log(f"^{id}: will be tried now$")

@@ -225,7 +225,20 @@ def test_queue_send_test_retry_and_drop(board):
     assert board.ok("queue", "retry", id) == f"{id}: will be tried now\n"
     assert board.ok("queue", "drop", id) == f"{id}: deleted from the queue\n"
     assert board.queued() == []
-    _fail(board.relaybox("queue", "drop", "0123"), "no message 0123")
+    _fail(board.relaybox("queue", "drop", "0123456789abcdef"), "no message 0123456789abcdef")
+    # An ID is never a path: nothing outside the spool can be removed or touched.
+    victim = board.folder / "victim"
+    victim.write_text("keep me")
+    for action, bad in (("drop", "../../victim"), ("retry", "../../victim"), ("drop", "")):
+        _fail(
+            board.relaybox("queue", action, bad),
+            f"not a message ID: {bad!r} (16 hex digits, as queue lists them)",
+        )
+    _fail(
+        board.relaybox("queue", "drop", id.upper()),
+        f"not a message ID: {id.upper()!r} (16 hex digits, as queue lists them)",
+    )
+    assert victim.read_text() == "keep me"
     _fail(
         board.relaybox("queue", "retry"), "queue retry needs a message ID (see `relaybox queue`)"
     )

@@ -219,6 +219,11 @@ class Relay:
         return _CA_FILE
 
     def _where(self, id):
+        if not _is_id(id):
+            # Never a path: "../x" must not reach a file outside the spool.
+            from .console import CommandError
+
+            raise CommandError("not a message ID: %r (16 hex digits, as queue lists them)" % id)
         for area in (QUEUE, DEAD):
             try:
                 os.stat("%s/%s/%s" % (self.spool.root, area, id))
@@ -330,6 +335,16 @@ class Relay:
             raise SystemExit(_REBOOT_EXIT)
 
         asyncio.create_task(later())
+
+
+def _is_id(id):
+    # The spool's names: 16 lowercase hex digits (Spool._new_id).
+    if type(id) is not str or len(id) != 16:
+        return False
+    for c in id:
+        if c not in "0123456789abcdef":
+            return False
+    return True
 
 
 def _age(arrived, now):

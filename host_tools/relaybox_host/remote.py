@@ -304,9 +304,9 @@ def cmd_config_export(args):
 
 
 def cmd_queue(args):
-    if args.action and not args.id:
+    if args.action and args.id is None:
         raise ToolError(f"queue {args.action} needs a message ID (see `relaybox queue`)")
-    if args.id and not args.action:
+    if args.id is not None and not args.action:
         raise ToolError("say what to do with the message: queue retry ID or queue drop ID")
     if args.action:
         return queue_action(args)
