@@ -188,3 +188,42 @@ def test_secret_typed_at_the_host_terminal_is_not_echoed(relay_factory):
         if t.proc.poll() is None:
             t.proc.kill()
     assert SECRET.encode() not in t.seen, t.seen
+
+
+def _answers(relay, id):
+    found = [json.loads(x[1:]) for x in list(relay.lines) if x.startswith("@{")]
+    return [a for a in found if a.get("id") == id]
+
+
+def test_every_request_is_answered_even_when_the_command_fails(relay):
+    """An unexpected error is an answer (ok false, "internal: ..."), never silence."""
+    (relay.folder / "config.json.tmp").mkdir()  # the save cannot write its temporary file
+    relay.type('@{"id": 1, "cmd": "save"}\n')
+    relay.type('@{"id": 2, "cmd": "logs", "args": [1e400]}\n')
+    relay.type('@{"id": 3, "cmd": "logs", "args": [-1]}\n')
+    relay.type('@{"id": 4, "cmd": "logs", "args": [0]}\n')
+    relay.type("save\n")
+    relay.wait_log(r'^@\{.*"id": 4\b')
+    relay.wait_log(r"^error: internal: OSError 21$")
+    assert _answers(relay, 1) == [{"id": 1, "ok": False, "error": "internal: OSError 21"}]
+    usage = "usage: logs [N], N the number of last lines (0 or more)"
+    assert _answers(relay, 2) == [{"id": 2, "ok": False, "error": usage}]
+    assert _answers(relay, 3) == [{"id": 3, "ok": False, "error": usage}]
+    assert _answers(relay, 4) == [{"id": 4, "ok": True, "result": {"lines": []}}]
+    assert SECRET not in relay.log()
+
+
+def test_a_full_ring_of_long_lines_fits(relay_factory):
+    r = relay_factory(start=False, log={"ring": 1000})
+    r.start(stdin=subprocess.PIPE)
+    sender = "a" * 240 + "@example.net"
+    r.type("".join("set admin %s\n" % sender for _ in range(800)))
+    r.type('@{"id": 5, "cmd": "logs"}\n')
+    r.wait_log(r'^@\{.*"id": 5\b', timeout=60)
+    (answer,) = _answers(r, 5)
+    lines = answer["result"]["lines"]
+    assert answer["ok"] and 20 < len(lines) < 100, answer
+    assert lines[-1].endswith("console: set admin = " + sender), lines[-1]
+    assert sum(map(len, lines)) <= 16384
+    r.type("logs 2\n")
+    r.wait_log(r"^\d{4}-\S+ \S+ info console: set admin = a{240}@example.net$")

@@ -31,6 +31,14 @@ class CommandError(Exception):
     pass
 
 
+def _internal(e):
+    # The type (and errno) only: an exception's text might quote a value being set.
+    log.error("console", "command failed: %s" % type(e).__name__)
+    if isinstance(e, OSError) and e.args:
+        return "internal: %s %s" % (type(e).__name__, e.args[0])
+    return "internal: %s" % type(e).__name__
+
+
 def masked(key, value):
     return MASK if key in SECRETS and value is not None else value
 
@@ -152,7 +160,27 @@ class Console:
             answer = {"id": req_id, "ok": False, "error": str(e)}
         except (ValueError, AttributeError, TypeError):
             answer = {"id": req_id, "ok": False, "error": "bad request"}
-        self.write("@" + json.dumps(answer))
+        except Exception as e:  # answered all the same: the host must not wait in vain
+            answer = {"id": req_id, "ok": False, "error": _internal(e)}
+        try:
+            self._answer(answer)
+        except Exception as e:
+            self.write("@" + json.dumps({"id": req_id, "ok": False, "error": _internal(e)}))
+
+    def _answer(self, answer):
+        result = answer.get("result")
+        if type(result) is not dict or "lines" not in result:
+            self.write("@" + json.dumps(answer))
+            return
+        # Log lines go out one by one: the whole answer as one string may not fit the heap.
+        w = self.out.write
+        w('@{"id": %s, "ok": true, "result": {"lines": [' % json.dumps(answer["id"]))
+        sep = ""
+        for line in result["lines"]:
+            w(sep)
+            w(json.dumps(line))
+            sep = ", "
+        w("]}}\n")
 
     def call(self, cmd, args, machine=False):
         fn = _COMMANDS.get(cmd)
@@ -234,10 +262,11 @@ class Console:
     def c_logs(self, args, machine):
         n = None
         if args:
-            try:
-                n = int(args[0])
-            except ValueError:
-                raise CommandError("usage: logs [N]") from None
+            n = args[0]
+            if type(n) is str and n.isdigit():
+                n = int(n)
+            if type(n) is not int or n < 0:
+                raise CommandError("usage: logs [N], N the number of last lines (0 or more)")
         return {"lines": log.lines(n)}
 
     def c_test(self, args, machine):
@@ -282,6 +311,9 @@ class Console:
             result = self.call(cmd, args)
         except (CommandError, ConfigError) as e:
             self.write("error: %s" % e)
+            return
+        except Exception as e:
+            self.write("error: %s" % _internal(e))
             return
         show = _SHOW.get(cmd)
         if show:
@@ -346,6 +378,10 @@ class Console:
                     )
                 )
 
+    def _lines_text(self, lines):
+        for line in lines:
+            self.write(line)
+
     def _set_text(self, r):
         self.write("ok (needs save + reboot)" if r["restart"] else "ok (save to keep it)")
 
@@ -380,7 +416,7 @@ _SHOW = {
     "queue": lambda c, r: c._queue_text(r),
     "retry": lambda c, r: c.write("%s: will be tried now" % r["id"]),
     "drop": lambda c, r: c.write("%s: dropped" % r["id"]),
-    "logs": lambda c, r: c.write("\n".join(r["lines"])),
+    "logs": lambda c, r: c._lines_text(r["lines"]),
     "test": lambda c, r: c.write("test message queued as %s" % r["id"]),
     "reboot": lambda c, r: c.write("rebooting"),
     "export": lambda c, r: c.write(json.dumps(r["config"])),

@@ -353,7 +353,7 @@ def queue_action(args):
 
 def cmd_logs(args):
     with session(args) as c:
-        r = c.request("logs", args.n) if args.n else c.request("logs")
+        r = c.request("logs", args.n) if args.n is not None else c.request("logs")
         lines = r.get("lines") or []
         if args.json and not args.follow:
             return emit(args, r, None)
