@@ -122,8 +122,16 @@ def test_invalid_values_are_refused_and_nothing_is_saved(board):
         board.relaybox("config", "unset", "upstream.user"),
         "upstream.user: is required when upstream is set",
     )
+    _fail(
+        board.relaybox("config", "set", "network.dhcp", "false"),
+        "network.ip: is required when network.dhcp is false",
+    )
     assert board.config_path.read_text() == before
     assert board.ok("config", "get", "listen.port") == f"{board.port}\n"
+    # A change the file could not take did not happen in the running relay either.
+    assert board.ok("config", "get", "upstream.user") == "alice@example.net\n"
+    assert board.ok("config", "get", "network.dhcp") == "true\n"
+    assert board.json("status")["upstream"]["configured"] is True
 
 
 def test_config_unset(board):
@@ -252,10 +260,12 @@ def test_logs(board):
     board.ok("config", "set", "log.level", "debug")
     out = board.ok("logs")
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d info smtp: listening on ", out, re.M), out
-    assert out.rstrip("\n").endswith(f"info console: config saved to {board.config_path}"), out
+    saved = f"info console: config saved to {board.config_path}\n"
+    assert out.endswith(saved + out.splitlines()[-1] + "\n"), out
+    assert out.endswith(" info console: set log.level = debug\n"), out
     assert len(board.ok("logs", "-n", "2").splitlines()) == 2
     lines = board.json("logs", "-n", "3")["lines"]
-    assert len(lines) == 3 and lines[-1].endswith("config saved to %s" % board.config_path)
+    assert len(lines) == 3 and lines[-1].endswith("console: set log.level = debug"), lines
 
 
 def test_logs_follow_prints_new_lines(board):

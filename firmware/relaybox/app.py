@@ -158,13 +158,23 @@ class Relay:
         out["heap_free"] = gc.mem_free()
         return out
 
-    def set_config(self, key, value):
-        restart = self.cfg.set(key, value)
-        self._changed(key, restart)
-        return restart
+    def set_config(self, key, value, save=False):
+        """Change one key; with save the file is written too, and a change that cannot be
+        saved leaves the running config as it was."""
+        return self._change(key, save, lambda: self.cfg.set(key, value, save))
 
-    def unset_config(self, key):
-        restart = self.cfg.unset(key)
+    def unset_config(self, key, save=False):
+        return self._change(key, save, lambda: self.cfg.unset(key, save))
+
+    def _change(self, key, save, change):
+        before = self.cfg.values
+        restart = change()
+        if save:
+            try:
+                self.save_config()
+            except BaseException:
+                self.cfg.values = before
+                raise
         self._changed(key, restart)
         return restart
 

@@ -304,20 +304,21 @@ class Config:
             u["sender"] = u["user"]
         return u
 
-    def set(self, key, value):
-        """Check and set one key; return True when the change needs a restart."""
+    def set(self, key, value, complete=False):
+        """Check and set one key; return True when the change needs a restart. With
+        complete=True the whole result must be ready to save, or nothing changes."""
         check_value(key, value)
         trial = dict(self.values)
         trial[key] = value
-        Config(trial, self.path, complete=False)
+        Config(trial, self.path, complete)
         self.values = trial
         return SCHEMA[key][3]
 
-    def unset(self, key):
+    def unset(self, key, complete=False):
         if key not in SCHEMA:
             raise ConfigError(key, "unknown key")
         trial = {k: v for k, v in self.values.items() if k != key}
-        Config(trial, self.path, complete=False)
+        Config(trial, self.path, complete)
         self.values = trial
         return SCHEMA[key][3]
 

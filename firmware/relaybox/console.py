@@ -209,22 +209,31 @@ class Console:
         return {"key": key, "value": masked(key, self.cfg.get(key))}
 
     def c_set(self, args, machine):
-        if len(args) != 2:
+        # The host tool adds "save": set and save as one step, or nothing changes.
+        save = machine and len(args) == 3 and args[2] == "save"
+        if len(args) != 2 + save:
             raise CommandError("usage: set KEY VALUE")
         key, value = args[0], args[1]
         if key not in SCHEMA:
             raise ConfigError(key, "unknown key")
         if type(value) is str and SCHEMA[key][0] is not str:
             value = parse_value(key, value)
-        restart = self.relay.set_config(key, value)
+        restart = self.relay.set_config(key, value, save)
         log.info("console", "set %s = %s" % (key, masked(key, value)))
-        return {"restart": restart}
+        return self._changed(restart, save)
 
     def c_unset(self, args, machine):
-        key = self._key(args)
-        restart = self.relay.unset_config(key)
+        save = machine and len(args) == 2 and args[1] == "save"
+        key = self._key(args[:1] if save else args)
+        restart = self.relay.unset_config(key, save)
         log.info("console", "unset %s" % key)
-        return {"restart": restart}
+        return self._changed(restart, save)
+
+    def _changed(self, restart, save):
+        out = {"restart": restart}
+        if save:
+            out["path"] = self.cfg.path
+        return out
 
     def c_save(self, args, machine):
         return {"path": self.relay.save_config()}

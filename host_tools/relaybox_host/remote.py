@@ -236,19 +236,18 @@ def cmd_config_get(args):
 def cmd_config_set(args):
     value = args.value if args.value is not None else read_value(args.key)
     with session(args) as c:
-        r = c.request("set", args.key, value)
-        saved = None if args.no_save else c.request("save")
+        # Set and save in one request: a value the file cannot take changes nothing.
+        r = c.request("set", args.key, value, *(() if args.no_save else ("save",)))
         shown = c.request("get", args.key)
-    result = dict(r, key=args.key, value=shown.get("value"), saved=saved and saved.get("path"))
+    result = dict(r, key=args.key, value=shown.get("value"), saved=r.pop("path", None))
     what = f"{args.key} = {cell(result['value'])}"
     return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
 
 def cmd_config_unset(args):
     with session(args) as c:
-        r = c.request("unset", args.key)
-        saved = None if args.no_save else c.request("save")
-    result = dict(r, key=args.key, saved=saved and saved.get("path"))
+        r = c.request("unset", args.key, *(() if args.no_save else ("save",)))
+    result = dict(r, key=args.key, saved=r.pop("path", None))
     what = f"{args.key} is back to its default"
     return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
