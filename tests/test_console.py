@@ -227,3 +227,26 @@ def test_a_full_ring_of_long_lines_fits(relay_factory):
     assert sum(map(len, lines)) <= 16384
     r.type("logs 2\n")
     r.wait_log(r"^\d{4}-\S+ \S+ info console: set admin = a{240}@example.net$")
+
+
+def test_secret_prompt_left_by_an_empty_line_or_a_request(relay):
+    relay.type("set upstream.password\n\n")
+    relay.wait_log(r"^upstream\.password: not changed$")
+    relay.type('set upstream.password\n@{"id": 8, "cmd": "hello"}\n')
+    relay.wait_log(r'^@\{.*"id": 8\b')
+    (answer,) = _answers(relay, 8)
+    assert answer["ok"] and answer["result"]["name"] == "relaybox", answer
+    assert relay.log().count("upstream.password: not changed") == 2
+    # Spaces belong to what was typed; only the line end is not part of the secret.
+    relay.type("set network.wifi.key\n  two words  \nsave\n")
+    relay.wait_log(r"^saved to ")
+    saved = json.loads((relay.folder / "config.json").read_text())
+    assert saved["upstream"]["password"] == SECRET
+    assert saved["network"]["wifi"]["key"] == "  two words  "
+    for bad in ("short", "x" * 64, "tab\there-long"):
+        relay.type("set network.wifi.key %s\n" % bad)
+    relay.type("set network.wifi.key " + "0123456789abcdef" * 4 + "\nget hostname\n")
+    relay.wait_log(r"^hostname = relaybox\.test$")
+    assert relay.log().count("console: set network.wifi.key = ********") == 2
+    error = "error: network.wifi.key: must be 8 to 63 printable ASCII characters, or 64 hex digits"
+    assert relay.log().count(error) == 3, relay.log()

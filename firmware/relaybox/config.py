@@ -86,6 +86,15 @@ def _nonempty(v):
         return "must not be empty"
 
 
+def _wifi_key(v):
+    # WPA2 (IEEE 802.11i): a passphrase of 8 to 63 printable ASCII characters, or the
+    # 256-bit key itself as 64 hex digits.
+    if len(v) == 64 and all(c in "0123456789abcdefABCDEF" for c in v):
+        return None
+    if not 8 <= len(v) <= 63 or not all(" " <= c <= "~" for c in v):
+        return "must be 8 to 63 printable ASCII characters, or 64 hex digits"
+
+
 # key: (type, default, check, restart needed when changed)
 # A default of None means "absent unless set"; REQUIRED keys must be set when their
 # section exists.
@@ -131,7 +140,7 @@ SCHEMA = {
     "network.dns": (str, None, _ipv4, True),
     "network.hostname": (str, "relaybox", _hostname, True),
     "network.wifi.ssid": (str, None, _nonempty, True),
-    "network.wifi.key": (str, None, None, True),
+    "network.wifi.key": (str, None, _wifi_key, True),
 }
 SECRETS = ("upstream.password", "network.wifi.key")
 _ITEM_TYPES = {"allow": str, "upstream.auth": str, "upstream.retry.schedule": int}

@@ -131,6 +131,22 @@ class Console:
                 log.error("console", "command failed: %r" % e)
 
     def handle(self, line):
+        if self.secret_key:
+            key, self.secret_key = self.secret_key, None
+            self._terminal_echo(True)
+            if not self.echo:
+                self.out.write("\n")  # the line end typed was not echoed: end the prompt
+            if not line or line.startswith(b"@"):
+                # An empty line, or the host tool's next request: the prompt is abandoned.
+                self.write("%s: not changed" % key)
+            else:
+                try:
+                    value = line.decode()  # as typed: spaces may belong to a secret
+                except UnicodeError:
+                    self.write("error: %s: not valid UTF-8; not changed" % key)
+                    return
+                self._human("set", [key, value])
+                return
         if line.startswith(b"@"):
             self._machine(line)
             return
@@ -138,11 +154,6 @@ class Console:
             text = line.decode().strip()
         except UnicodeError:
             self.write("error: not a command (help lists them)")
-            return
-        if self.secret_key:
-            key, self.secret_key = self.secret_key, None
-            self._terminal_echo(True)
-            self._human("set", [key, text])
             return
         if not text:
             return
