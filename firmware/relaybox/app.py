@@ -65,7 +65,8 @@ class Relay:
 
                 # A board's serial line has no terminal driver to echo what a person types.
                 echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
-                _console.start(self, echo)
+                out = self._console_out()
+                _console.start(self, echo, out)
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
         try:
@@ -79,6 +80,16 @@ class Relay:
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
+
+    def _console_out(self):
+        # A board may give an output that never blocks the relay when nobody reads it; the
+        # log then goes there too.
+        fn = getattr(self.board, "console_stream", None)
+        if fn is None:
+            return None
+        out = fn()
+        log.output = lambda line: out.write(line + "\n")
+        return out
 
     def stop(self):
         """After SIGINT: every client hears 421 (RFC 5321 section 3.8), for a bounded
@@ -394,3 +405,8 @@ def main(config_path=None):
         if relay:
             relay.stop()
         log.info("relay", "stopped")
+    finally:
+        # Output still on its way to the terminal (see the unix board's ConsoleOut).
+        flush = getattr(board, "console_flush", None)
+        if flush:
+            flush()

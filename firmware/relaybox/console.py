@@ -75,8 +75,7 @@ class Console:
         self.after_cr = False
 
     def write(self, text):
-        self.out.write(text)
-        self.out.write("\n")
+        self.out.write(text + "\n")  # one write: a stream that drops, drops whole lines
 
     async def readline(self):
         """One line (bytes, without the end) or None at end of input; bounded, and the
@@ -445,7 +444,7 @@ _SHOW = {
 }
 
 
-def start(relay, echo):
-    """Start the console on the board's stdin; returns the task."""
+def start(relay, echo, out=None):
+    """Start the console on the board's stdin (answers to `out`, default stdout)."""
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
-    return asyncio.create_task(Console(relay, asyncio.StreamReader(stdin), echo=echo).run())
+    return asyncio.create_task(Console(relay, asyncio.StreamReader(stdin), out, echo).run())
