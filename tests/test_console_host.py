@@ -9,6 +9,7 @@ import subprocess
 import threading
 
 import pytest
+import serial
 from consolelink import RELAYBOX, PtyRelay, Terminal, wait_for
 
 SECRET = "s3cret-Tr0ub4dor&3"
@@ -132,6 +133,33 @@ def test_invalid_values_are_refused_and_nothing_is_saved(board):
     assert board.ok("config", "get", "upstream.user") == "alice@example.net\n"
     assert board.ok("config", "get", "network.dhcp") == "true\n"
     assert board.json("status")["upstream"]["configured"] is True
+
+
+def test_booleans_typed_in_any_case_and_shown_as_typed(board):
+    assert board.ok("config", "set", "network.dhcp", "True").startswith("network.dhcp = true")
+    assert board.json("config", "get", "network.dhcp")["value"] is True
+    with serial.Serial(board.tty, timeout=0.2) as s:
+        s.write(b"get network.dhcp\nshow\n")
+        seen = bytearray()
+        wait_for(lambda: seen.extend(s.read(4096)) or b"upstream.user " in seen, "show")
+    assert b"network.dhcp = true\r\n" in seen or b"network.dhcp = true\n" in seen, seen
+    assert re.search(rb"network\.dhcp +true\r?\n", seen), seen
+    assert b"True" not in seen, seen
+    _fail(
+        board.relaybox("config", "set", "allow", ""),
+        "allow: must list at least one network (an empty list refuses every client)",
+    )
+
+
+def test_status_into_a_closed_pipe(board):
+    # `true` has gone before relaybox writes: its output meets a closed pipe.
+    r = subprocess.run(
+        f"{RELAYBOX} status --port {board.tty} | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+    )
+    assert r.stdout == b"141\n" and r.stderr == b"", r
 
 
 def test_config_unset(board):

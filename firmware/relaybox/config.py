@@ -179,9 +179,10 @@ def parse_value(key, text):
     if kind is str:
         return text
     if kind is bool:
-        if text in ("true", "yes", "on", "1"):
+        word = text.lower()
+        if word in ("true", "yes", "on", "1"):
             return True
-        if text in ("false", "no", "off", "0"):
+        if word in ("false", "no", "off", "0"):
             return False
         raise ConfigError(key, "must be true or false")
     if kind is int:

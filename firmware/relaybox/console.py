@@ -39,6 +39,15 @@ def _internal(e):
     return "internal: %s" % type(e).__name__
 
 
+def _typed(value):
+    # A value as it is typed back at `set`: true/false as in JSON, lists comma-separated.
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is list:
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def masked(key, value):
     return MASK if key in SECRETS and value is not None else value
 
@@ -377,9 +386,7 @@ class Console:
         for key in sorted(config):
             value = config[key]
             mark = "" if key in r["set"] else "  (default)"
-            if type(value) is list:
-                value = ",".join(str(v) for v in value)
-            self.write("%-26s %s%s" % (key, value, mark))
+            self.write("%-26s %s%s" % (key, _typed(value), mark))
 
     def _queue_text(self, r):
         for title, items in (("queue", r["queue"]), ("dead letters", r["dead"])):
@@ -428,7 +435,7 @@ _SHOW = {
     "help": lambda c, r: c.write(r["help"]),
     "status": lambda c, r: c._status_text(r),
     "show": lambda c, r: c._show_text(r),
-    "get": lambda c, r: c.write("%s = %s" % (r["key"], r["value"])),
+    "get": lambda c, r: c.write("%s = %s" % (r["key"], _typed(r["value"]))),
     "set": lambda c, r: c._set_text(r),
     "unset": lambda c, r: c._set_text(r),
     "save": lambda c, r: c.write("saved to %s" % r["path"]),
