@@ -250,3 +250,22 @@ def test_secret_prompt_left_by_an_empty_line_or_a_request(relay):
     assert relay.log().count("console: set network.wifi.key = ********") == 2
     error = "error: network.wifi.key: must be 8 to 63 printable ASCII characters, or 64 hex digits"
     assert relay.log().count(error) == 3, relay.log()
+
+
+def test_an_echoing_board_says_so_and_shows_inline_secrets_as_stars(relay_factory, tmp_path):
+    """A board's serial line (CONSOLE_ECHO) echoes what is typed: hello tells the host tool,
+    and the value of `set SECRET VALUE` comes back as stars."""
+    script = tmp_path / "echoing.py"
+    script.write_text(
+        "import board\nboard.CONSOLE_ECHO = True\nimport relaybox.app\nrelaybox.app.main()\n"
+    )
+    r = relay_factory(start=False, script=script)
+    r.start(stdin=subprocess.PIPE)
+    r.type('@{"id": 2, "cmd": "hello"}\n')
+    r.wait_log(r'^@\{.*"id": 2\b')
+    (answer,) = _answers(r, 2)
+    assert answer["result"]["echo"] is True, answer
+    r.type("set upstream.password " + SECRET + "\nget hostname\n")
+    r.wait_log(r"hostname = relaybox\.test")
+    assert "set upstream.password " + "*" * len(SECRET) in r.log(), r.log()
+    assert SECRET not in r.log()

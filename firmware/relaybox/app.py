@@ -44,6 +44,7 @@ class Relay:
         self._delivery_task = None
         self.network = None
         self.restart_needed = False
+        self.console_echo = False
 
     def _queued(self, id):
         if self.delivery:
@@ -67,6 +68,7 @@ class Relay:
                 echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
                 out = self._console_out()
                 _console.start(self, echo, out)
+                self.console_echo = echo
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
         try:
@@ -116,7 +118,13 @@ class Relay:
     # -- what the console asks --
 
     def hello(self):
-        return {"name": "relaybox", "version": VERSION, "board": self._board_name()}
+        # echo: whether the board echoes what is typed (a terminal must then not do it too).
+        return {
+            "name": "relaybox",
+            "version": VERSION,
+            "board": self._board_name(),
+            "echo": self.console_echo,
+        }
 
     def _board_name(self):
         return getattr(self.board, "NAME", "unknown")

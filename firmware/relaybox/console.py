@@ -31,6 +31,12 @@ class CommandError(Exception):
     pass
 
 
+def _names_secret(buf, n):
+    # Whether buf[:n] is "set KEY " with KEY a secret: what follows is its value.
+    words = bytes(buf[:n]).split()
+    return len(words) == 2 and words[0].lower() == b"set" and words[1].decode() in SECRETS
+
+
 def _internal(e):
     # The type (and errno) only: an exception's text might quote a value being set.
     log.error("console", "command failed: %s" % type(e).__name__)
@@ -91,6 +97,7 @@ class Console:
         rest of an over-long line is thrown away."""
         n = 0
         over = False
+        stars = False
         while True:
             c = await self.inp.read(1)
             if not c:
@@ -116,7 +123,10 @@ class Console:
             self.buf[n] = b
             n += 1
             if self.echo and self.secret_key is None and self.buf[0] != 0x40 and 32 <= b < 127:
-                self.out.write(chr(b))
+                # The value of `set SECRET VALUE` typed inline is echoed as stars.
+                self.out.write("*" if stars else chr(b))
+                if b == 32 and not stars:
+                    stars = _names_secret(self.buf, n)
 
     async def run(self):
         while True:
