@@ -95,8 +95,12 @@ def test_queue_test_retry_drop(relay):
     relay.type(f"drop {id}\n")
     relay.wait_log(f"^{id}: dropped$")
     assert relay.queued() == []
-    relay.type("drop 0123\n")
-    relay.wait_log(r"^error: no message 0123$")
+    relay.type("drop 0123456789abcdef\n")
+    relay.wait_log(r"^error: no message 0123456789abcdef$")
+    relay.type("drop ../spool/x\n")
+    relay.wait_log(
+        r"^error: not a message ID: '../spool/x' \(16 hex digits, as queue lists them\)$"
+    )
 
 
 def test_junk_and_overlong_lines(relay):
@@ -137,7 +141,7 @@ def test_queue_shows_backoff_and_retry_skips_it(relay):
     (msg,) = answer["result"]["queue"]
     assert msg["id"] == id and 3590 <= msg["next"] <= 3600, msg
     relay.type("status\n")
-    relay.wait_log(r"^upstream  waiting to retry 127\.0\.0\.1:9$")
+    relay.wait_log(r"^upstream  waiting to retry 127\.0\.0\.1:9 reachable$")
     failures = relay.log().count("upstream session failed")
     relay.type(f"retry {id}\n")
     relay.wait_log(f"^{id}: will be tried now$")
@@ -184,3 +188,84 @@ def test_secret_typed_at_the_host_terminal_is_not_echoed(relay_factory):
         if t.proc.poll() is None:
             t.proc.kill()
     assert SECRET.encode() not in t.seen, t.seen
+
+
+def _answers(relay, id):
+    found = [json.loads(x[1:]) for x in list(relay.lines) if x.startswith("@{")]
+    return [a for a in found if a.get("id") == id]
+
+
+def test_every_request_is_answered_even_when_the_command_fails(relay):
+    """An unexpected error is an answer (ok false, "internal: ..."), never silence."""
+    (relay.folder / "config.json.tmp").mkdir()  # the save cannot write its temporary file
+    relay.type('@{"id": 1, "cmd": "save"}\n')
+    relay.type('@{"id": 2, "cmd": "logs", "args": [1e400]}\n')
+    relay.type('@{"id": 3, "cmd": "logs", "args": [-1]}\n')
+    relay.type('@{"id": 4, "cmd": "logs", "args": [0]}\n')
+    relay.type("save\n")
+    relay.wait_log(r'^@\{.*"id": 4\b')
+    relay.wait_log(r"^error: internal: OSError 21$")
+    assert _answers(relay, 1) == [{"id": 1, "ok": False, "error": "internal: OSError 21"}]
+    usage = "usage: logs [N], N the number of last lines (0 or more)"
+    assert _answers(relay, 2) == [{"id": 2, "ok": False, "error": usage}]
+    assert _answers(relay, 3) == [{"id": 3, "ok": False, "error": usage}]
+    assert _answers(relay, 4) == [{"id": 4, "ok": True, "result": {"lines": []}}]
+    assert SECRET not in relay.log()
+
+
+def test_a_full_ring_of_long_lines_fits(relay_factory):
+    r = relay_factory(start=False, log={"ring": 1000})
+    r.start(stdin=subprocess.PIPE)
+    sender = "a" * 240 + "@example.net"
+    r.type("".join("set admin %s\n" % sender for _ in range(800)))
+    r.type('@{"id": 5, "cmd": "logs"}\n')
+    r.wait_log(r'^@\{.*"id": 5\b', timeout=60)
+    (answer,) = _answers(r, 5)
+    lines = answer["result"]["lines"]
+    assert answer["ok"] and 20 < len(lines) < 100, answer
+    assert lines[-1].endswith("console: set admin = " + sender), lines[-1]
+    assert sum(map(len, lines)) <= 16384
+    r.type("logs 2\n")
+    r.wait_log(r"^\d{4}-\S+ \S+ info console: set admin = a{240}@example.net$")
+
+
+def test_secret_prompt_left_by_an_empty_line_or_a_request(relay):
+    relay.type("set upstream.password\n\n")
+    relay.wait_log(r"^upstream\.password: not changed$")
+    relay.type('set upstream.password\n@{"id": 8, "cmd": "hello"}\n')
+    relay.wait_log(r'^@\{.*"id": 8\b')
+    (answer,) = _answers(relay, 8)
+    assert answer["ok"] and answer["result"]["name"] == "relaybox", answer
+    assert relay.log().count("upstream.password: not changed") == 2
+    # Spaces belong to what was typed; only the line end is not part of the secret.
+    relay.type("set network.wifi.key\n  two words  \nsave\n")
+    relay.wait_log(r"^saved to ")
+    saved = json.loads((relay.folder / "config.json").read_text())
+    assert saved["upstream"]["password"] == SECRET
+    assert saved["network"]["wifi"]["key"] == "  two words  "
+    for bad in ("short", "x" * 64, "tab\there-long"):
+        relay.type("set network.wifi.key %s\n" % bad)
+    relay.type("set network.wifi.key " + "0123456789abcdef" * 4 + "\nget hostname\n")
+    relay.wait_log(r"^hostname = relaybox\.test$")
+    assert relay.log().count("console: set network.wifi.key = ********") == 2
+    error = "error: network.wifi.key: must be 8 to 63 printable ASCII characters, or 64 hex digits"
+    assert relay.log().count(error) == 3, relay.log()
+
+
+def test_an_echoing_board_says_so_and_shows_inline_secrets_as_stars(relay_factory, tmp_path):
+    """A board's serial line (CONSOLE_ECHO) echoes what is typed: hello tells the host tool,
+    and the value of `set SECRET VALUE` comes back as stars."""
+    script = tmp_path / "echoing.py"
+    script.write_text(
+        "import board\nboard.CONSOLE_ECHO = True\nimport relaybox.app\nrelaybox.app.main()\n"
+    )
+    r = relay_factory(start=False, script=script)
+    r.start(stdin=subprocess.PIPE)
+    r.type('@{"id": 2, "cmd": "hello"}\n')
+    r.wait_log(r'^@\{.*"id": 2\b')
+    (answer,) = _answers(r, 2)
+    assert answer["result"]["echo"] is True, answer
+    r.type("set upstream.password " + SECRET + "\nget hostname\n")
+    r.wait_log(r"hostname = relaybox\.test")
+    assert "set upstream.password " + "*" * len(SECRET) in r.log(), r.log()
+    assert SECRET not in r.log()

@@ -9,6 +9,7 @@ import subprocess
 import threading
 
 import pytest
+import serial
 from consolelink import RELAYBOX, PtyRelay, Terminal, wait_for
 
 SECRET = "s3cret-Tr0ub4dor&3"
@@ -122,8 +123,43 @@ def test_invalid_values_are_refused_and_nothing_is_saved(board):
         board.relaybox("config", "unset", "upstream.user"),
         "upstream.user: is required when upstream is set",
     )
+    _fail(
+        board.relaybox("config", "set", "network.dhcp", "false"),
+        "network.ip: is required when network.dhcp is false",
+    )
     assert board.config_path.read_text() == before
     assert board.ok("config", "get", "listen.port") == f"{board.port}\n"
+    # A change the file could not take did not happen in the running relay either.
+    assert board.ok("config", "get", "upstream.user") == "alice@example.net\n"
+    assert board.ok("config", "get", "network.dhcp") == "true\n"
+    assert board.json("status")["upstream"]["configured"] is True
+
+
+def test_booleans_typed_in_any_case_and_shown_as_typed(board):
+    assert board.ok("config", "set", "network.dhcp", "True").startswith("network.dhcp = true")
+    assert board.json("config", "get", "network.dhcp")["value"] is True
+    with serial.Serial(board.tty, timeout=0.2) as s:
+        s.write(b"get network.dhcp\nshow\n")
+        seen = bytearray()
+        wait_for(lambda: seen.extend(s.read(4096)) or b"upstream.user " in seen, "show")
+    assert b"network.dhcp = true\r\n" in seen or b"network.dhcp = true\n" in seen, seen
+    assert re.search(rb"network\.dhcp +true\r?\n", seen), seen
+    assert b"True" not in seen, seen
+    _fail(
+        board.relaybox("config", "set", "allow", ""),
+        "allow: must list at least one network (an empty list refuses every client)",
+    )
+
+
+def test_status_into_a_closed_pipe(board):
+    # `true` has gone before relaybox writes: its output meets a closed pipe.
+    r = subprocess.run(
+        f"{RELAYBOX} status --port {board.tty} | true; echo ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+    )
+    assert r.stdout == b"141\n" and r.stderr == b"", r
 
 
 def test_config_unset(board):
@@ -225,7 +261,20 @@ def test_queue_send_test_retry_and_drop(board):
     assert board.ok("queue", "retry", id) == f"{id}: will be tried now\n"
     assert board.ok("queue", "drop", id) == f"{id}: deleted from the queue\n"
     assert board.queued() == []
-    _fail(board.relaybox("queue", "drop", "0123"), "no message 0123")
+    _fail(board.relaybox("queue", "drop", "0123456789abcdef"), "no message 0123456789abcdef")
+    # An ID is never a path: nothing outside the spool can be removed or touched.
+    victim = board.folder / "victim"
+    victim.write_text("keep me")
+    for action, bad in (("drop", "../../victim"), ("retry", "../../victim"), ("drop", "")):
+        _fail(
+            board.relaybox("queue", action, bad),
+            f"not a message ID: {bad!r} (16 hex digits, as queue lists them)",
+        )
+    _fail(
+        board.relaybox("queue", "drop", id.upper()),
+        f"not a message ID: {id.upper()!r} (16 hex digits, as queue lists them)",
+    )
+    assert victim.read_text() == "keep me"
     _fail(
         board.relaybox("queue", "retry"), "queue retry needs a message ID (see `relaybox queue`)"
     )
@@ -239,10 +288,12 @@ def test_logs(board):
     board.ok("config", "set", "log.level", "debug")
     out = board.ok("logs")
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d info smtp: listening on ", out, re.M), out
-    assert out.rstrip("\n").endswith(f"info console: config saved to {board.config_path}"), out
+    saved = f"info console: config saved to {board.config_path}\n"
+    assert out.endswith(saved + out.splitlines()[-1] + "\n"), out
+    assert out.endswith(" info console: set log.level = debug\n"), out
     assert len(board.ok("logs", "-n", "2").splitlines()) == 2
     lines = board.json("logs", "-n", "3")["lines"]
-    assert len(lines) == 3 and lines[-1].endswith("config saved to %s" % board.config_path)
+    assert len(lines) == 3 and lines[-1].endswith("console: set log.level = debug"), lines
 
 
 def test_logs_follow_prints_new_lines(board):
@@ -287,3 +338,22 @@ def test_status_without_upstream(board_factory):
     out = b.ok("status")
     assert re.search(r"^upstream +not configured; mail is held in the queue$", out, re.M), out
     assert b.json("status")["upstream"] == {"configured": False, "state": "not configured"}
+
+
+def test_secret_prompt_leaves_a_raw_line_without_echo(board):
+    """A serial line (here the raw pty) does not echo: after a secret typed at the console,
+    the board must put back exactly that, or the host tool's requests come back at it."""
+    import termios
+
+    import serial
+
+    with serial.Serial(board.tty, timeout=0.2) as s:
+        s.write(b"set upstream.password\nTyped-" + SECRET.encode() + b"\n")
+        wait_for(lambda: b"ok (save to keep it)" in s.read(4096), "the secret to be set")
+        s.write(b'@{"id": 7, "cmd": "hello"}\n')
+        seen = bytearray()
+        wait_for(lambda: seen.extend(s.read(4096)) or b'"id": 7, "ok"' in seen, "hello")
+    attrs = termios.tcgetattr(board.pair._hold[0])
+    assert attrs[3] & termios.ECHO == 0, attrs
+    assert b'"cmd"' not in seen and SECRET.encode() not in seen, seen
+    assert board.ok("config", "get", "hostname") == "relaybox.test\n"

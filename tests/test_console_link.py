@@ -102,6 +102,13 @@ def test_plain_micropython_repl_is_recognised(repl):
     ), r.stderr
     # Recognised from its prompt, without waiting for the full timeout.
     assert time.monotonic() - started < 4
+    # And left at a clean prompt: the next statement typed runs.
+    with serial.Serial(repl.host, timeout=0.2) as s:
+        s.reset_input_buffer()
+        s.write(b"6 * 7\r")
+        seen = bytearray()
+        wait_for(lambda: seen.extend(s.read(4096)) or b"\n>>> " in seen, "a prompt")
+    assert re.search(rb"6 \* 7\r?\n42\r?\n>>> $", seen), seen
 
 
 def test_nothing_answering_times_out(tmp_path):
@@ -330,3 +337,15 @@ def test_auto_port_picks_the_one_board(monkeypatch):
         "serial ports here: /dev/ttyS0"
     )
     assert serialconn.resolve("rfc2217://192.0.2.1:4000") == "rfc2217://192.0.2.1:4000"
+
+
+def test_refused_socket_url_says_so():
+    from upstream_server import free_port
+
+    url = f"socket://127.0.0.1:{free_port()}"
+    r = relaybox("status", "--port", url)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr == (
+        f"relaybox: cannot connect to {url}: the connection was refused (is the serial "
+        "bridge, such as socat or ser2net, running there?)\n"
+    ), r.stderr

@@ -1,11 +1,12 @@
 """What the owner sees: delivery state in `relaybox status`, and mail flowing once the
 upstream is fixed from the console. Firmware on a pty pair, upstream in aiosmtpd."""
 
+import re
 import smtplib
 
 import pytest
 from consolelink import PtyRelay, wait_for
-from upstream_server import Certs, Upstream
+from upstream_server import Certs, Upstream, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH")
 
@@ -51,3 +52,19 @@ def test_status_shows_why_mail_waits_and_mail_flows_after_the_fix(board_factory,
         assert up["authenticated"] is True and up["last_error"] is None, up
         assert up["last_result"].startswith("delivered 1, deferred 0, dead 0 at "), up
     assert good.messages[0].rcpts == ["alice@example.net"]
+
+
+def test_human_status_while_a_retry_waits(board_factory, tmp_path):
+    certs = Certs(str(tmp_path))
+    with Upstream(certs, "starttls") as up:
+        cfg = up.config(port=free_port(), retry={"schedule": [120], "max_age": 3600})
+    board = board_factory(upstream=cfg)
+    with smtplib.SMTP("127.0.0.1", board.port, timeout=30) as s:
+        s.sendmail("nas@lan", ["alice@example.net"], MSG)
+    wait_for(lambda: board.json("status")["upstream"]["last_error"], "a failed try", timeout=20)
+    r = board.relaybox("status")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    row = [line for line in r.stdout.splitlines() if line.startswith("upstream")]
+    assert len(row) == 1, r.stdout
+    assert ", unreachable; last error: connect: " in row[0], row
+    assert re.search(r"; next try in (2 min|1 min \d+ s)$", row[0]), row

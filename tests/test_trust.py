@@ -173,3 +173,50 @@ def test_wrong_mode_and_unreachable_servers(certs):
         "relaybox: give the server as HOST:PORT, e.g. smtp.example.net:587 "
         "(not 'smtp.example.net')\n"
     )
+
+
+class LeafOnlyCerts:
+    """A private CA that issued the server's certificate directly: the server sends only
+    its leaf, as many self-hosted servers do."""
+
+    def __init__(self, folder):
+        self.root = trustme.CA()
+        self.server = self.root.issue_cert("localhost", "127.0.0.1")
+        self.root_pem = os.path.join(folder, "private-root.pem")
+        self.root.cert_pem.write_to_path(self.root_pem)
+        self.ca_pem = os.path.join(folder, "other-ca.pem")
+        trustme.CA().cert_pem.write_to_path(self.ca_pem)
+        self.leaf_pem = os.path.join(folder, "leaf.pem")
+        self.server.cert_chain_pems[0].write_to_path(self.leaf_pem)
+
+    def server_context(self):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server.configure_cert(ctx)
+        return ctx
+
+
+def test_a_leaf_alone_is_refused_and_ca_installs_the_given_ca(boards, tmp_path):
+    certs = LeafOnlyCerts(str(tmp_path))
+    with Upstream(certs, "starttls") as up:
+        board = boards(up.config())
+        before = board.config_path.read_text()
+        r = board.relaybox("trust", f"localhost:{up.port}", "--yes")
+        assert r.returncode == 1, r
+        assert r.stderr == (
+            f"relaybox: localhost:{up.port} sent only its own certificate, not the CA that "
+            "issued it; get that CA certificate (PEM) from the provider and run again with "
+            "--ca FILE\n"
+        ), r.stderr
+        assert not (board.folder / "upstream-ca.pem").exists()
+        assert board.config_path.read_text() == before
+        # A CA file the server does not verify against is refused too; so is a leaf.
+        other = str(tmp_path / "other-ca.pem")
+        r = board.relaybox("trust", f"localhost:{up.port}", "--yes", "--ca", other)
+        assert r.returncode == 1 and "does not verify against" in r.stderr, r.stderr
+        r = board.relaybox("trust", f"localhost:{up.port}", "--yes", "--ca", certs.leaf_pem)
+        assert r.returncode == 1 and "is not a CA certificate" in r.stderr, r.stderr
+        assert not (board.folder / "upstream-ca.pem").exists()
+        out = board.ok("trust", f"localhost:{up.port}", "--yes", "--ca", certs.root_pem)
+        assert _installed(board) == _cert(certs.root.cert_pem), out
+        board.ok("send-test", "bob@example.org")
+        wait_for(lambda: up.messages, "the test message upstream", timeout=30)

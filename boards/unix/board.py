@@ -21,13 +21,29 @@ def led(state):
     pass
 
 
+_saved_attrs = None  # the terminal's settings from before a secret prompt
+
+
 def console_echo(on):
-    """The host's terminal echoes what is typed: off while a secret is typed, then on."""
+    """The host's terminal may echo what is typed: off while a secret is typed; then the
+    settings from before the prompt come back exactly (a raw pty stays without echo)."""
+    global _saved_attrs
     try:
         import termios
 
+        if on:
+            if _saved_attrs is not None:
+                termios.tcsetattr(0, termios.TCSANOW, _saved_attrs)
+            _saved_attrs = None
+            return
         attrs = termios.tcgetattr(0)
+        if _saved_attrs is None:
+            _saved_attrs = [list(a) if type(a) is list else a for a in attrs]
+        attrs[3] = attrs[3] & ~8  # ECHO in c_lflag
+        termios.tcsetattr(0, termios.TCSANOW, attrs)
     except (ImportError, OSError):
         return  # stdin is not a terminal
-    attrs[3] = attrs[3] | 8 if on else attrs[3] & ~8  # ECHO in c_lflag
-    termios.tcsetattr(0, termios.TCSANOW, attrs)
+
+
+# TODO: console_stream(), an output that never blocks the relay when nobody reads the
+# terminal (MicroPython here has no fcntl for O_NONBLOCK; a writer thread was not stable).

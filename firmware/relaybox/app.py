@@ -44,6 +44,7 @@ class Relay:
         self._delivery_task = None
         self.network = None
         self.restart_needed = False
+        self.console_echo = False
 
     def _queued(self, id):
         if self.delivery:
@@ -65,7 +66,9 @@ class Relay:
 
                 # A board's serial line has no terminal driver to echo what a person types.
                 echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
-                _console.start(self, echo)
+                out = self._console_out()
+                _console.start(self, echo, out)
+                self.console_echo = echo
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
         if self.network and self.cfg.get("listen.host") != "0.0.0.0":
@@ -84,6 +87,16 @@ class Relay:
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
+
+    def _console_out(self):
+        # A board may give an output that never blocks the relay when nobody reads it; the
+        # log then goes there too.
+        fn = getattr(self.board, "console_stream", None)
+        if fn is None:
+            return None
+        out = fn()
+        log.output = lambda line: out.write(line + "\n")
+        return out
 
     def stop(self):
         """After SIGINT: every client hears 421 (RFC 5321 section 3.8), for a bounded
@@ -110,7 +123,13 @@ class Relay:
     # -- what the console asks --
 
     def hello(self):
-        return {"name": "relaybox", "version": VERSION, "board": self._board_name()}
+        # echo: whether the board echoes what is typed (a terminal must then not do it too).
+        return {
+            "name": "relaybox",
+            "version": VERSION,
+            "board": self._board_name(),
+            "echo": self.console_echo,
+        }
 
     def _board_name(self):
         return getattr(self.board, "NAME", "unknown")
@@ -134,7 +153,10 @@ class Relay:
             upstream["reachable"] = d.get("reachable")
             upstream["last_error"] = d.get("last_error")
             upstream["last_result"] = d.get("last_result")
-            upstream["next_attempt"] = d.get("next_attempt")
+            upstream["next_attempt"] = d.get("next_attempt")  # a date, for people
+            # Seconds from now, so that the host needs neither the board's clock nor a parser.
+            nxt = self.delivery.next_attempt if self.delivery else None
+            upstream["next_in"] = max(0, int(nxt - now)) if nxt else None
             upstream["delivered"] = d.get("delivered")
         oldest = self.spool.ids(QUEUE, 1)
         oldest_age = None
@@ -160,13 +182,23 @@ class Relay:
         out["heap_free"] = gc.mem_free()
         return out
 
-    def set_config(self, key, value):
-        restart = self.cfg.set(key, value)
-        self._changed(key, restart)
-        return restart
+    def set_config(self, key, value, save=False):
+        """Change one key; with save the file is written too, and a change that cannot be
+        saved leaves the running config as it was."""
+        return self._change(key, save, lambda: self.cfg.set(key, value, save))
 
-    def unset_config(self, key):
-        restart = self.cfg.unset(key)
+    def unset_config(self, key, save=False):
+        return self._change(key, save, lambda: self.cfg.unset(key, save))
+
+    def _change(self, key, save, change):
+        before = self.cfg.values
+        restart = change()
+        if save:
+            try:
+                self.save_config()
+            except BaseException:
+                self.cfg.values = before
+                raise
         self._changed(key, restart)
         return restart
 
@@ -221,6 +253,11 @@ class Relay:
         return _CA_FILE
 
     def _where(self, id):
+        if not _is_id(id):
+            # Never a path: "../x" must not reach a file outside the spool.
+            from .console import CommandError
+
+            raise CommandError("not a message ID: %r (16 hex digits, as queue lists them)" % id)
         for area in (QUEUE, DEAD):
             try:
                 os.stat("%s/%s/%s" % (self.spool.root, area, id))
@@ -334,6 +371,16 @@ class Relay:
         asyncio.create_task(later())
 
 
+def _is_id(id):
+    # The spool's names: 16 lowercase hex digits (Spool._new_id).
+    if type(id) is not str or len(id) != 16:
+        return False
+    for c in id:
+        if c not in "0123456789abcdef":
+            return False
+    return True
+
+
 def _age(arrived, now):
     # None for mail stamped by a clock that was not set yet: its age is unknown.
     return max(0, int(now - arrived)) if clock.plausible(arrived) else None
@@ -371,3 +418,8 @@ def main(config_path=None):
         if relay:
             relay.stop()
         log.info("relay", "stopped")
+    finally:
+        # Output still on its way to the terminal (see the unix board's ConsoleOut).
+        flush = getattr(board, "console_flush", None)
+        if flush:
+            flush()

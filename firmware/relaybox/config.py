@@ -86,6 +86,15 @@ def _nonempty(v):
         return "must not be empty"
 
 
+def _wifi_key(v):
+    # WPA2 (IEEE 802.11i): a passphrase of 8 to 63 printable ASCII characters, or the
+    # 256-bit key itself as 64 hex digits.
+    if len(v) == 64 and all(c in "0123456789abcdefABCDEF" for c in v):
+        return None
+    if not 8 <= len(v) <= 63 or not all(" " <= c <= "~" for c in v):
+        return "must be 8 to 63 printable ASCII characters, or 64 hex digits"
+
+
 # key: (type, default, check, restart needed when changed)
 # A default of None means "absent unless set"; REQUIRED keys must be set when their
 # section exists.
@@ -131,7 +140,7 @@ SCHEMA = {
     "network.dns": (str, None, _ipv4, True),
     "network.hostname": (str, "relaybox", _hostname, True),
     "network.wifi.ssid": (str, None, _nonempty, True),
-    "network.wifi.key": (str, None, None, True),
+    "network.wifi.key": (str, None, _wifi_key, True),
 }
 SECRETS = ("upstream.password", "network.wifi.key")
 _ITEM_TYPES = {"allow": str, "upstream.auth": str, "upstream.retry.schedule": int}
@@ -170,9 +179,10 @@ def parse_value(key, text):
     if kind is str:
         return text
     if kind is bool:
-        if text in ("true", "yes", "on", "1"):
+        word = text.lower()
+        if word in ("true", "yes", "on", "1"):
             return True
-        if text in ("false", "no", "off", "0"):
+        if word in ("false", "no", "off", "0"):
             return False
         raise ConfigError(key, "must be true or false")
     if kind is int:
@@ -310,20 +320,21 @@ class Config:
             u["sender"] = u["user"]
         return u
 
-    def set(self, key, value):
-        """Check and set one key; return True when the change needs a restart."""
+    def set(self, key, value, complete=False):
+        """Check and set one key; return True when the change needs a restart. With
+        complete=True the whole result must be ready to save, or nothing changes."""
         check_value(key, value)
         trial = dict(self.values)
         trial[key] = value
-        Config(trial, self.path, complete=False)
+        Config(trial, self.path, complete)
         self.values = trial
         return SCHEMA[key][3]
 
-    def unset(self, key):
+    def unset(self, key, complete=False):
         if key not in SCHEMA:
             raise ConfigError(key, "unknown key")
         trial = {k: v for k, v in self.values.items() if k != key}
-        Config(trial, self.path, complete=False)
+        Config(trial, self.path, complete)
         self.values = trial
         return SCHEMA[key][3]
 

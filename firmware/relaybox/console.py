@@ -31,6 +31,29 @@ class CommandError(Exception):
     pass
 
 
+def _names_secret(buf, n):
+    # Whether buf[:n] is "set KEY " with KEY a secret: what follows is its value.
+    words = bytes(buf[:n]).split()
+    return len(words) == 2 and words[0].lower() == b"set" and words[1].decode() in SECRETS
+
+
+def _internal(e):
+    # The type (and errno) only: an exception's text might quote a value being set.
+    log.error("console", "command failed: %s" % type(e).__name__)
+    if isinstance(e, OSError) and e.args:
+        return "internal: %s %s" % (type(e).__name__, e.args[0])
+    return "internal: %s" % type(e).__name__
+
+
+def _typed(value):
+    # A value as it is typed back at `set`: true/false as in JSON, lists comma-separated.
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is list:
+        return ",".join(str(v) for v in value)
+    return value
+
+
 def masked(key, value):
     return MASK if key in SECRETS and value is not None else value
 
@@ -67,14 +90,14 @@ class Console:
         self.after_cr = False
 
     def write(self, text):
-        self.out.write(text)
-        self.out.write("\n")
+        self.out.write(text + "\n")  # one write: a stream that drops, drops whole lines
 
     async def readline(self):
         """One line (bytes, without the end) or None at end of input; bounded, and the
         rest of an over-long line is thrown away."""
         n = 0
         over = False
+        stars = False
         while True:
             c = await self.inp.read(1)
             if not c:
@@ -100,7 +123,10 @@ class Console:
             self.buf[n] = b
             n += 1
             if self.echo and self.secret_key is None and self.buf[0] != 0x40 and 32 <= b < 127:
-                self.out.write(chr(b))
+                # The value of `set SECRET VALUE` typed inline is echoed as stars.
+                self.out.write("*" if stars else chr(b))
+                if b == 32 and not stars:
+                    stars = _names_secret(self.buf, n)
 
     async def run(self):
         while True:
@@ -123,6 +149,22 @@ class Console:
                 log.error("console", "command failed: %r" % e)
 
     def handle(self, line):
+        if self.secret_key:
+            key, self.secret_key = self.secret_key, None
+            self._terminal_echo(True)
+            if not self.echo:
+                self.out.write("\n")  # the line end typed was not echoed: end the prompt
+            if not line or line.startswith(b"@"):
+                # An empty line, or the host tool's next request: the prompt is abandoned.
+                self.write("%s: not changed" % key)
+            else:
+                try:
+                    value = line.decode()  # as typed: spaces may belong to a secret
+                except UnicodeError:
+                    self.write("error: %s: not valid UTF-8; not changed" % key)
+                    return
+                self._human("set", [key, value])
+                return
         if line.startswith(b"@"):
             self._machine(line)
             return
@@ -130,11 +172,6 @@ class Console:
             text = line.decode().strip()
         except UnicodeError:
             self.write("error: not a command (help lists them)")
-            return
-        if self.secret_key:
-            key, self.secret_key = self.secret_key, None
-            self._terminal_echo(True)
-            self._human("set", [key, text])
             return
         if not text:
             return
@@ -152,7 +189,27 @@ class Console:
             answer = {"id": req_id, "ok": False, "error": str(e)}
         except (ValueError, AttributeError, TypeError):
             answer = {"id": req_id, "ok": False, "error": "bad request"}
-        self.write("@" + json.dumps(answer))
+        except Exception as e:  # answered all the same: the host must not wait in vain
+            answer = {"id": req_id, "ok": False, "error": _internal(e)}
+        try:
+            self._answer(answer)
+        except Exception as e:
+            self.write("@" + json.dumps({"id": req_id, "ok": False, "error": _internal(e)}))
+
+    def _answer(self, answer):
+        result = answer.get("result")
+        if type(result) is not dict or "lines" not in result:
+            self.write("@" + json.dumps(answer))
+            return
+        # Log lines go out one by one: the whole answer as one string may not fit the heap.
+        w = self.out.write
+        w('@{"id": %s, "ok": true, "result": {"lines": [' % json.dumps(answer["id"]))
+        sep = ""
+        for line in result["lines"]:
+            w(sep)
+            w(json.dumps(line))
+            sep = ", "
+        w("]}}\n")
 
     def call(self, cmd, args, machine=False):
         fn = _COMMANDS.get(cmd)
@@ -181,22 +238,31 @@ class Console:
         return {"key": key, "value": masked(key, self.cfg.get(key))}
 
     def c_set(self, args, machine):
-        if len(args) != 2:
+        # The host tool adds "save": set and save as one step, or nothing changes.
+        save = machine and len(args) == 3 and args[2] == "save"
+        if len(args) != 2 + save:
             raise CommandError("usage: set KEY VALUE")
         key, value = args[0], args[1]
         if key not in SCHEMA:
             raise ConfigError(key, "unknown key")
         if type(value) is str and SCHEMA[key][0] is not str:
             value = parse_value(key, value)
-        restart = self.relay.set_config(key, value)
+        restart = self.relay.set_config(key, value, save)
         log.info("console", "set %s = %s" % (key, masked(key, value)))
-        return {"restart": restart}
+        return self._changed(restart, save)
 
     def c_unset(self, args, machine):
-        key = self._key(args)
-        restart = self.relay.unset_config(key)
+        save = machine and len(args) == 2 and args[1] == "save"
+        key = self._key(args[:1] if save else args)
+        restart = self.relay.unset_config(key, save)
         log.info("console", "unset %s" % key)
-        return {"restart": restart}
+        return self._changed(restart, save)
+
+    def _changed(self, restart, save):
+        out = {"restart": restart}
+        if save:
+            out["path"] = self.cfg.path
+        return out
 
     def c_save(self, args, machine):
         return {"path": self.relay.save_config()}
@@ -234,10 +300,11 @@ class Console:
     def c_logs(self, args, machine):
         n = None
         if args:
-            try:
-                n = int(args[0])
-            except ValueError:
-                raise CommandError("usage: logs [N]") from None
+            n = args[0]
+            if type(n) is str and n.isdigit():
+                n = int(n)
+            if type(n) is not int or n < 0:
+                raise CommandError("usage: logs [N], N the number of last lines (0 or more)")
         return {"lines": log.lines(n)}
 
     def c_test(self, args, machine):
@@ -283,6 +350,9 @@ class Console:
         except (CommandError, ConfigError) as e:
             self.write("error: %s" % e)
             return
+        except Exception as e:
+            self.write("error: %s" % _internal(e))
+            return
         show = _SHOW.get(cmd)
         if show:
             show(self, result)
@@ -299,10 +369,15 @@ class Console:
             "clock     %s" % (s["clock"]["now"] if s["clock"]["set"] else "NOT SET"),
             "upstream  %s" % up["state"]
             + (" %s:%s" % (up["host"], up["port"]) if up.get("host") else "")
+            + {True: " reachable", False: " UNREACHABLE"}.get(up.get("reachable"), "")
             + (" authenticated" if up.get("authenticated") else ""),
         ]
+        if up.get("last_result"):
+            lines.append("          last result: %s" % up["last_result"])
         if up.get("last_error"):
             lines.append("          last error: %s" % up["last_error"])
+        if up.get("next_in") is not None:
+            lines.append("          next try in %s" % _age(up["next_in"]))
         q = s["queue"]
         lines.append(
             "queue     %d message(s), oldest %s; %d dead letter(s)"
@@ -321,9 +396,7 @@ class Console:
         for key in sorted(config):
             value = config[key]
             mark = "" if key in r["set"] else "  (default)"
-            if type(value) is list:
-                value = ",".join(str(v) for v in value)
-            self.write("%-26s %s%s" % (key, value, mark))
+            self.write("%-26s %s%s" % (key, _typed(value), mark))
 
     def _queue_text(self, r):
         for title, items in (("queue", r["queue"]), ("dead letters", r["dead"])):
@@ -340,6 +413,10 @@ class Console:
                         ("  [%s]" % m["error"]) if m.get("error") else "",
                     )
                 )
+
+    def _lines_text(self, lines):
+        for line in lines:
+            self.write(line)
 
     def _set_text(self, r):
         self.write("ok (needs save + reboot)" if r["restart"] else "ok (save to keep it)")
@@ -368,14 +445,14 @@ _SHOW = {
     "help": lambda c, r: c.write(r["help"]),
     "status": lambda c, r: c._status_text(r),
     "show": lambda c, r: c._show_text(r),
-    "get": lambda c, r: c.write("%s = %s" % (r["key"], r["value"])),
+    "get": lambda c, r: c.write("%s = %s" % (r["key"], _typed(r["value"]))),
     "set": lambda c, r: c._set_text(r),
     "unset": lambda c, r: c._set_text(r),
     "save": lambda c, r: c.write("saved to %s" % r["path"]),
     "queue": lambda c, r: c._queue_text(r),
     "retry": lambda c, r: c.write("%s: will be tried now" % r["id"]),
     "drop": lambda c, r: c.write("%s: dropped" % r["id"]),
-    "logs": lambda c, r: c.write("\n".join(r["lines"])),
+    "logs": lambda c, r: c._lines_text(r["lines"]),
     "test": lambda c, r: c.write("test message queued as %s" % r["id"]),
     "reboot": lambda c, r: c.write("rebooting"),
     "export": lambda c, r: c.write(json.dumps(r["config"])),
@@ -384,7 +461,7 @@ _SHOW = {
 }
 
 
-def start(relay, echo):
-    """Start the console on the board's stdin; returns the task."""
+def start(relay, echo, out=None):
+    """Start the console on the board's stdin (answers to `out`, default stdout)."""
     stdin = getattr(sys.stdin, "buffer", sys.stdin)
-    return asyncio.create_task(Console(relay, asyncio.StreamReader(stdin), echo=echo).run())
+    return asyncio.create_task(Console(relay, asyncio.StreamReader(stdin), out, echo).run())

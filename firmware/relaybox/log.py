@@ -11,6 +11,11 @@ LEVELS = {"debug": DEBUG, "info": INFO, "warn": WARN, "error": ERROR}
 level = INFO
 _ring = []
 _ring_size = 50
+# The ring is bounded in bytes as well as in lines: a thousand long lines would not fit a
+# board's heap, nor an answer to `logs`.
+RING_BYTES = 16384
+_LINE_MAX = 512  # longer lines are cut in the ring (the console still sees them whole)
+_ring_bytes = 0
 # Where lines go besides the ring; the console may replace it to keep its prompt tidy.
 output = print
 
@@ -19,7 +24,14 @@ def setup(level_name="info", ring_size=50):
     global level, _ring_size
     level = LEVELS[level_name]
     _ring_size = ring_size
-    del _ring[: max(0, len(_ring) - ring_size)]
+    _trim(ring_size, 0)
+
+
+def _trim(most, room):
+    # Oldest lines out until at most `most` are left and `room` more bytes fit.
+    global _ring_bytes
+    while _ring and (len(_ring) > most or _ring_bytes + room > RING_BYTES):
+        _ring_bytes -= len(_ring.pop(0))
 
 
 def _stamp():
@@ -30,10 +42,12 @@ def _stamp():
 def _emit(lvl, sub, msg):
     if lvl < level:
         return
+    global _ring_bytes
     line = "%s %s %s: %s" % (_stamp(), _NAMES[lvl], sub, msg)
-    if len(_ring) >= _ring_size:
-        _ring.pop(0)
-    _ring.append(line)
+    kept = line if len(line) <= _LINE_MAX else line[: _LINE_MAX - 3] + "..."
+    _trim(_ring_size - 1, len(kept))
+    _ring.append(kept)
+    _ring_bytes += len(kept)
     output(line)
 
 
@@ -54,5 +68,8 @@ def error(sub, msg):
 
 
 def lines(n=None):
-    """The last n log lines kept in RAM, oldest first."""
-    return _ring[-n:] if n else list(_ring)
+    """The last n (default all) log lines kept in RAM, oldest first: a new list of the same
+    strings, so that it costs a pointer per line."""
+    if n is None:
+        return list(_ring)
+    return _ring[len(_ring) - n :] if 0 < n < len(_ring) else list(_ring) if n else []

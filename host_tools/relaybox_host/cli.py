@@ -1,6 +1,7 @@
 """The `relaybox` command line: one subcommand per module, errors as one line on stderr."""
 
 import argparse
+import os
 import sys
 
 from . import __version__, deploy, flash, image, remote, run, terminal, trust
@@ -28,4 +29,8 @@ def main(argv=None):
         return sys.exit(1)
     except KeyboardInterrupt:
         return sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`relaybox status | head -1`): nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return sys.exit(141)
     sys.exit(code or 0)

@@ -181,15 +181,30 @@ def _upstream_text(up, now):
     if not up.get("configured"):
         return f"{up.get('state') or 'not configured'}; mail is held in the queue"
     text = f"{up.get('host')}:{up.get('port')} {up.get('state')}"
+    if up.get("reachable") is not None:
+        text += ", reachable" if up["reachable"] else ", unreachable"
     if up.get("authenticated"):
         text += ", authenticated"
+    elif up.get("authenticated") is False:
+        text += ", authentication refused"
+    if up.get("last_result"):
+        text += f"; last result: {up['last_result']}"
     if up.get("last_error"):
         text += f"; last error: {up['last_error']}"
-    if now and up.get("last_attempt"):
-        text += f"; last try {duration(now - up['last_attempt'])} ago"
-    if now and up.get("next_attempt"):
-        text += f"; next in {duration(max(0, up['next_attempt'] - now))}"
+    wait = _next_in(up, now)
+    if wait is not None:
+        text += f"; next try in {duration(wait)}"
     return text
+
+
+def _next_in(up, now):
+    """Seconds to the next try: the board says so, or (older firmware) gives a date."""
+    if isinstance(up.get("next_in"), (int, float)):
+        return max(0, up["next_in"])
+    when = _epoch(up.get("next_attempt")) if isinstance(up.get("next_attempt"), str) else None
+    if when is None or now is None:
+        return None
+    return max(0, when - now)
 
 
 def _epoch(date):
@@ -221,19 +236,18 @@ def cmd_config_get(args):
 def cmd_config_set(args):
     value = args.value if args.value is not None else read_value(args.key)
     with session(args) as c:
-        r = c.request("set", args.key, value)
-        saved = None if args.no_save else c.request("save")
+        # Set and save in one request: a value the file cannot take changes nothing.
+        r = c.request("set", args.key, value, *(() if args.no_save else ("save",)))
         shown = c.request("get", args.key)
-    result = dict(r, key=args.key, value=shown.get("value"), saved=saved and saved.get("path"))
+    result = dict(r, key=args.key, value=shown.get("value"), saved=r.pop("path", None))
     what = f"{args.key} = {cell(result['value'])}"
     return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
 
 def cmd_config_unset(args):
     with session(args) as c:
-        r = c.request("unset", args.key)
-        saved = None if args.no_save else c.request("save")
-    result = dict(r, key=args.key, saved=saved and saved.get("path"))
+        r = c.request("unset", args.key, *(() if args.no_save else ("save",)))
+    result = dict(r, key=args.key, saved=r.pop("path", None))
     what = f"{args.key} is back to its default"
     return emit(args, result, lambda: _changed_text(what, result["saved"], r.get("restart")))
 
@@ -289,9 +303,9 @@ def cmd_config_export(args):
 
 
 def cmd_queue(args):
-    if args.action and not args.id:
+    if args.action and args.id is None:
         raise ToolError(f"queue {args.action} needs a message ID (see `relaybox queue`)")
-    if args.id and not args.action:
+    if args.id is not None and not args.action:
         raise ToolError("say what to do with the message: queue retry ID or queue drop ID")
     if args.action:
         return queue_action(args)
@@ -338,7 +352,7 @@ def queue_action(args):
 
 def cmd_logs(args):
     with session(args) as c:
-        r = c.request("logs", args.n) if args.n else c.request("logs")
+        r = c.request("logs", args.n) if args.n is not None else c.request("logs")
         lines = r.get("lines") or []
         if args.json and not args.follow:
             return emit(args, r, None)

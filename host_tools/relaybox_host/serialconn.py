@@ -5,6 +5,7 @@ request's id, and every other line (log lines, human output, junk) is handed to
 `on_line` or dropped. Reads are bounded in length and in time.
 """
 
+import contextlib
 import json
 import os
 import random
@@ -101,6 +102,11 @@ def open_port(port, timeout):
         # Whatever the board printed before we came is stale: drop it.
         ser.reset_input_buffer()
     except (SerialException, OSError, ValueError) as e:
+        if "://" in url and "refused" in str(e).lower():
+            raise ConsoleError(
+                f"cannot connect to {url}: the connection was refused (is the serial bridge, "
+                "such as socat or ser2net, running there?)"
+            ) from None
         raise ConsoleError(
             f"cannot open {url} ({_why(e)}); close other programs using it "
             "(mpremote, screen, Thonny, another relaybox)"
@@ -213,6 +219,10 @@ class Console:
 
     def _silence(self, cmd, timeout):
         if self._repl_seen and not self._answered:
+            # Our request left the REPL half way through a statement ("... "): Ctrl-C gives
+            # it back at a clean prompt, as the owner left it.
+            with contextlib.suppress(ConsoleError):
+                self.write(b"\x03")
             return NotRelaybox(
                 f"a plain MicroPython REPL answers on {self.name}, not relaybox: the firmware is "
                 "not installed or has stopped; install it with `relaybox deploy`, or look at "

@@ -1,8 +1,10 @@
 """`relaybox console`: a line-mode terminal on the board's serial console.
 
-The board does not echo what is typed, so this terminal lets the host's own terminal echo
-and edit a line, then sends it whole. When the board asks for a secret (or the line just
-sent was `set` of a secret key), echo is switched off for the next line. Board output,
+The host's own terminal edits a line, which is then sent whole. Whether it also echoes
+depends on the board: relaybox under `relaybox run` or on a raw pty does not echo, a board's
+serial line does (its `hello` says so), and then the host's echo is off, so that each line
+shows once (secret values as stars). When the board asks for a secret (or the line just
+sent was `set` of a secret key), echo is off for the next line either way. Board output,
 log lines included, is copied to the screen as it arrives. Ctrl-D or Ctrl-C quits.
 """
 
@@ -78,8 +80,10 @@ def cmd_console(args):
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"relaybox console on {console.name}: type help; Ctrl-D quits", flush=True)
+    board_echoes = _board_echoes(console)
     screen = Screen(console, sys.stdout.buffer)
     screen.start()
+    restore = _local_echo_off() if interactive and board_echoes else None
     try:
         _type_lines(console, screen, interactive)
         if not interactive:
@@ -91,6 +95,8 @@ def cmd_console(args):
     except serialconn.ConsoleError as e:
         raise ToolError(str(e)) from None
     finally:
+        if restore:
+            restore()
         screen.stop()
         console.close()
     if screen.error:
@@ -117,6 +123,26 @@ def _type_lines(console, screen, interactive):
             # Give the board a moment to show any other prompt for a secret.
             time.sleep(0.05)
             hide = screen.asks_secret()
+
+
+def _board_echoes(console):
+    """Whether relaybox on the board echoes what it is sent (False when it does not answer:
+    a plain REPL is still worth a terminal)."""
+    try:
+        return bool(console.hello().get("echo"))
+    except serialconn.ConsoleError:
+        return False
+
+
+def _local_echo_off():
+    import termios
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    new = termios.tcgetattr(fd)
+    new[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSADRAIN, new)
+    return lambda: termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
 def _read_hidden():

@@ -16,6 +16,7 @@ import ssl
 import sys
 from collections import namedtuple
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from . import serialconn
 from .errors import ToolError
@@ -54,6 +55,12 @@ def add_parser(sub):
         const="implicit",
         help="TLS from the first byte (default on port 465)",
     )
+    p.add_argument(
+        "--ca",
+        metavar="FILE",
+        type=Path,
+        help="install this CA (PEM) instead, once the server has been verified against it here",
+    )
     p.add_argument("--yes", "-y", action="store_true", help="install without asking")
     p.set_defaults(func=cmd_trust)
 
@@ -72,16 +79,27 @@ def cmd_trust(args):
     if args.json and not args.yes:
         raise ToolError("--json prints no question to answer: add --yes")
     say = (lambda *a: None) if args.json else print
-    probe = fetch_chain(host, port, tls, args.timeout)
+    given = _read_ca(args.ca) if args.ca else None
+    probe = fetch_chain(host, port, tls, args.timeout, args.ca)
     certs = [_load(der) for der in probe.sent]
     say(f"{host}:{port} ({tls} TLS, {probe.tls_version}) sent {len(certs)} certificate(s):")
     for i, cert in enumerate(certs):
         say(describe(cert, f"{i}"))
-    if probe.verified:
+    if given is not None:
+        ca = given
+        say(f"\nthe server's chain verifies here against {args.ca}:\n{describe(ca, 'CA')}")
+    elif probe.verified:
         ca = _load(probe.verified[-1])
         say(f"\nthis computer trusts this chain up to its root:\n{describe(ca, 'CA')}")
     else:
         ca = certs[-1]
+        if not _self_signed(ca) and not _is_ca(ca):
+            # Trusting a leaf alone breaks at its next renewal, and a leaf is no CA for
+            # mbedTLS: the board would refuse the server all the same.
+            raise ToolError(
+                f"{host}:{port} sent only its own certificate, not the CA that issued it; "
+                "get that CA certificate (PEM) from the provider and run again with --ca FILE"
+            )
         say(
             "\nthis computer does NOT trust this server: compare the fingerprint below with "
             "one from the provider before you install it"
@@ -130,8 +148,47 @@ def cmd_trust(args):
     return 0
 
 
-def fetch_chain(host, port, tls, timeout):
-    """The certificates the server sends, and the chain this computer verifies (or None)."""
+def _read_ca(path):
+    from cryptography import x509
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ToolError(f"cannot read {path} ({e.strerror})") from None
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise ToolError(f"{path} holds no PEM certificate") from None
+    if not _is_ca(cert) and not _self_signed(cert):
+        raise ToolError(f"{path} is not a CA certificate (no basicConstraints CA:TRUE)")
+    return cert
+
+
+def _is_ca(cert):
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def fetch_chain(host, port, tls, timeout, cafile=None):
+    """The certificates the server sends, and the chain this computer verifies (or None).
+    With cafile the server must verify against exactly that CA."""
+    if cafile is not None:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        try:
+            sock = _handshake(host, port, tls, timeout, ctx)
+        except ssl.SSLCertVerificationError as e:
+            raise ToolError(
+                f"{host}:{port} does not verify against {cafile} ({e.verify_message}); "
+                "nothing installed"
+            ) from None
+        try:
+            return Probe(_chain(sock, verified=False), _chain(sock, verified=True), sock.version())
+        finally:
+            sock.close()
     try:
         sock = _handshake(host, port, tls, timeout, ssl.create_default_context())
         verified = _chain(sock, verified=True)
