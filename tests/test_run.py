@@ -111,3 +111,60 @@ def test_heap_must_be_a_size(heap):
     assert proc.returncode == 2
     want = f"relaybox run: error: argument --heap: {heap!r} is not a size like 256K, 1M or 262144"
     assert proc.stderr.splitlines()[-1] == want, proc.stderr
+
+
+def test_a_terminal_nobody_reads_does_not_stop_the_relay(tmp_path):
+    """The output goes to a pseudo-terminal that is never read (a paused terminal, a serial
+    bridge with nobody on it): the relay keeps taking mail, and says what it dropped."""
+    import pty
+
+    port = free_port()
+    cfg = tmp_path / "config.json"
+    cfg.write_text(
+        '{"listen": {"host": "127.0.0.1", "port": %d}, "allow": ["127.0.0.0/8"],'
+        ' "log": {"level": "debug"}}' % port
+    )
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [str(RELAYBOX), "run", "--config", str(cfg)],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                smtplib.SMTP("127.0.0.1", port, timeout=5).quit()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the relay did not start"
+                time.sleep(0.2)
+        # 3000 log lines: far more than a terminal buffer and what relaybox holds back.
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+            for i in range(3000):
+                s.sendmail("dev@lan", ["you@example.net"], b"Subject: %d\r\n\r\nx\r\n" % i)
+        queued = list((tmp_path / "spool" / "q").iterdir())
+        assert len(queued) == 3000
+        # Reading again, the terminal gets the output that fitted and a note of the rest.
+        os.set_blocking(master, False)
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"bytes of output dropped" not in seen and time.monotonic() < deadline:
+            try:
+                seen += os.read(master, 65536)
+            except BlockingIOError:
+                time.sleep(0.05)
+            except OSError:
+                break
+        assert b"bytes of output dropped (nothing read them)" in seen, seen[-500:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)

@@ -1,6 +1,7 @@
 """`relaybox run`: the firmware on this host under the MicroPython unix port (board `unix`)."""
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from . import ROOT
@@ -23,6 +25,77 @@ DEFAULT_CONFIG = {
     "max_message_bytes": 10485760,
     "spool": "spool",
 }
+
+
+#: Firmware output held while our own output does not move (Ctrl-S, a pty nobody reads).
+_HELD_MAX = 256 * 1024
+
+
+class Output:
+    """Copies the firmware's output to ours through a bounded buffer. The firmware writes
+    its log with blocking writes: straight to a terminal that nobody reads, it would stop,
+    and with it the relay. Here it always writes into a pipe that is read at once; what our
+    own output cannot take in time is dropped, and the drop is said where it happened."""
+
+    def __init__(self, source, target=1):
+        self.source = source
+        self.target = target
+        self.held = collections.deque()  # bytes, or [n] for n bytes dropped there
+        self.size = 0
+        self.ended = False
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.reader.start()
+        self.writer.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = os.read(self.source, 65536)
+            except OSError:
+                data = b""
+            with self.cond:
+                if not data:
+                    self.ended = True
+                elif self.size + len(data) <= _HELD_MAX:
+                    self.held.append(data)
+                    self.size += len(data)
+                elif self.held and isinstance(self.held[-1], list):
+                    self.held[-1][0] += len(data)
+                else:
+                    self.held.append([len(data)])
+                self.cond.notify()
+            if not data:
+                return
+
+    def _write(self):
+        while True:
+            with self.cond:
+                while not self.held and not self.ended:
+                    self.cond.wait()
+                if not self.held:
+                    return
+                item = self.held.popleft()
+                if isinstance(item, list):
+                    item = (
+                        b"\r\nrelaybox: %d bytes of output dropped (nothing read them)\r\n"
+                        % item[0]
+                    )
+                else:
+                    self.size -= len(item)
+            try:
+                view = memoryview(item)
+                while view:
+                    view = view[os.write(self.target, view) :]
+            except OSError:
+                pass  # our output is gone (a closed terminal): the relay goes on
+
+    def finish(self, timeout=2.0):
+        """After the firmware ended: its last words, unless our output is stuck."""
+        self.reader.join(timeout)
+        self.writer.join(timeout)
+        os.close(self.source)
 
 
 def micropython_exe():
@@ -180,10 +253,24 @@ def cmd_run(args):
 
             signal.signal(signal.SIGTERM, forward)
         while True:
-            children.append(
-                subprocess.Popen(cmd, env=environment(build_dir), preexec_fn=_child_setup)
-            )
-            code = _wait(children[-1]) if waitinfo else _wait_portable(children[-1])
+            sys.stdout.flush()
+            read_end, write_end = os.pipe()
+            try:
+                children.append(
+                    subprocess.Popen(
+                        cmd, env=environment(build_dir), stdout=write_end, preexec_fn=_child_setup
+                    )
+                )
+            except BaseException:
+                os.close(read_end)
+                raise
+            finally:
+                os.close(write_end)
+            output = Output(read_end)
+            try:
+                code = _wait(children[-1]) if waitinfo else _wait_portable(children[-1])
+            finally:
+                output.finish()
             if code != REBOOT_EXIT:
                 return code
             print("relaybox: the firmware asked for a reboot; starting it again", flush=True)
