@@ -1,8 +1,11 @@
 """The relay as a whole under MicroPython: start-up on a small heap, and status."""
 
+import json
+import subprocess
 import time
 
 import mpdriver
+import pytest
 
 
 def test_relay_that_says_it_listens_keeps_running_at_any_heap(relay_factory):
@@ -55,18 +58,15 @@ import board
 
 
 class Network:
-    # A board whose link comes up a while after boot, as DHCP or a PHY does.
+    # A board whose link is not up yet (DHCP, a PHY), or up when UP says so.
     def __init__(self, cfg, log):
-        self.log = log
-        self.up = False
+        pass
 
     async def run(self):
-        await asyncio.sleep_ms(1500)
-        self.up = True
-        self.log.info("net", "link up")
+        pass
 
     def state(self):
-        return {"up": self.up, "ip": None, "detail": "stand-in"}
+        return {"up": %r, "ip": None, "detail": "stand-in"}
 
 
 board.Network = Network
@@ -76,14 +76,23 @@ relaybox.app.main()
 """
 
 
-def test_fixed_listen_address_waits_for_the_board_network(relay_factory, tmp_path):
-    """A board cannot bind its own address before its network is up: the relay waits for
-    the link instead of stopping with "not an address of this host"."""
+@pytest.mark.parametrize("up", [False, True])
+def test_fixed_listen_address_waits_for_the_board_network(relay_factory, tmp_path, up):
+    """Before a board's network is up its own address cannot be bound: the relay waits
+    (and the console answers) instead of stopping. Once the network is up, an address
+    that is not the board's is a config error."""
     script = tmp_path / "late.py"
-    script.write_text(LATE_NETWORK)
+    script.write_text(LATE_NETWORK % up)
     relay = relay_factory(script=script, start=False)
-    relay.start(wait_for="listening on 127.0.0.1")
-    lines = relay.log().splitlines()
-    up = next(i for i, line in enumerate(lines) if "net: link up" in line)
-    listening = next(i for i, line in enumerate(lines) if "listening on" in line)
-    assert up < listening, relay.log()
+    relay.config["listen"]["host"] = "192.0.2.1"  # TEST-NET-1: no host's address
+    relay.config_path.write_text(json.dumps(relay.config))
+    relay.start(wait_for=None, stdin=subprocess.PIPE)
+    if up:
+        relay.wait_log("relaybox: config error: listen: cannot listen on 192.0.2.1:")
+        assert relay.proc.wait(10) == 2
+        return
+    relay.wait_log("cannot listen on 192.0.2.1:%d before the network is up" % relay.port)
+    time.sleep(2)
+    assert relay.proc.poll() is None, relay.log()
+    relay.type("status\n")
+    relay.wait_log("queue")

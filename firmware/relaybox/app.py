@@ -71,16 +71,7 @@ class Relay:
                 self.console_echo = echo
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
-        if self.network and self.cfg.get("listen.host") != "0.0.0.0":
-            # A board has its own address only once its network is up; the console
-            # already answers meanwhile.
-            while not self.network.state()["up"]:
-                await asyncio.sleep_ms(500)
-        try:
-            await self.server.start()
-        except OSError as e:
-            where = "%s:%d" % (self.cfg.get("listen.host"), self.cfg.get("listen.port"))
-            raise ConfigError("listen", "cannot listen on %s: %s" % (where, _why(e))) from None
+        await self._listen()
         log.info("spool", "%d queued, %d dead letters in %s" % (queued, dead, self.spool.root))
         asyncio.create_task(self.server.watchdog())
         self.start_delivery()
@@ -97,6 +88,24 @@ class Relay:
         out = fn()
         log.output = lambda line: out.write(line + "\n")
         return out
+
+    async def _listen(self):
+        where = "%s:%d" % (self.cfg.get("listen.host"), self.cfg.get("listen.port"))
+        waiting = False
+        while True:
+            try:
+                return await self.server.start()
+            except OSError as e:
+                if not self.network or self.network.state()["up"]:
+                    raise ConfigError(
+                        "listen", "cannot listen on %s: %s" % (where, _why(e))
+                    ) from None
+                # A fixed address is the board's only once its network is up; the console
+                # answers meanwhile.
+                if not waiting:
+                    log.warn("smtp", "cannot listen on %s before the network is up" % where)
+                    waiting = True
+                await asyncio.sleep_ms(1000)
 
     def stop(self):
         """After SIGINT: every client hears 421 (RFC 5321 section 3.8), for a bounded
