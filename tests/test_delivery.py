@@ -400,6 +400,25 @@ def test_session_backoff_survives_a_restart(relay_factory, certs):
     assert not (relay.spool / "upstream.json").exists()
 
 
+def test_ca_file_replaced_under_the_same_name_starts_afresh(relay_factory, certs, tmp_path):
+    """The backoff after a refused certificate belongs to that CA: the right CA written over
+    the same file is tried at once after a restart, not after the longest step."""
+    (tmp_path / "other").mkdir(exist_ok=True)
+    other = Certs(str(tmp_path / "other"))  # a CA that did not sign the server
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(open(other.ca_pem, "rb").read())
+    with Upstream(certs, "implicit") as up:
+        retry = {"schedule": [3600], "max_age": 86400}
+        relay = relay_factory(upstream=upstream_cfg(up, ca=str(ca), retry=retry))
+        submit(relay)
+        relay.wait_log(r"upstream session failed \(tls: ")
+        relay.stop()
+        ca.write_bytes(open(certs.ca_pem, "rb").read())
+        relay.start()
+        wait_for(lambda: up.messages, what="delivery with the new CA", relay=relay)
+    assert "failed before the restart" not in relay.log()
+
+
 BOOT_WITH_UNSET_CLOCK = """
 import sys
 import time as real

@@ -70,6 +70,7 @@ class Delivery:
 
     def _config_key(self):
         # The backoff belongs to these settings: new credentials or a new server start afresh.
+        # The CA counts by its contents: a file replaced under the same name is new too.
         u = self.ucfg
         text = "%s|%s|%s|%s|%s|%s" % (
             u["host"],
@@ -79,7 +80,18 @@ class Delivery:
             u.get("password"),
             u.get("ca"),
         )
-        return hexlify(hashlib.sha256(text.encode()).digest()[:8]).decode()
+        h = hashlib.sha256(text.encode())
+        try:
+            with open(u["ca"], "rb") as f:
+                buf = bytearray(512)
+                while True:
+                    n = f.readinto(buf)
+                    if not n:
+                        break
+                    h.update(memoryview(buf)[:n])
+        except OSError:
+            h.update(b"no CA file")
+        return hexlify(h.digest()[:8]).decode()
 
     def _load_backoff(self):
         # Only with a set clock: a board reads the note right after a power cut, while its
