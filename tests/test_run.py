@@ -80,6 +80,28 @@ def test_sigint_to_relaybox_alone_stops_the_firmware(run):
     assert b"relay: stopped" in out
 
 
+def test_closed_terminal_stops_the_relay_in_order(run, tmp_path):
+    """A hang-up reaches the whole process group, as when the terminal is closed."""
+    proc = run()
+    os.killpg(proc.pid, signal.SIGHUP)
+    out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, out
+    assert b"relay: stopped" in out
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_ctrl_c_twice_stops_without_a_traceback(run):
+    proc = run()
+    client = smtplib.SMTP("127.0.0.1", proc.port, timeout=5)  # a session to say 421 to
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    client.close()
+    assert b"Traceback" not in out, out
+    assert b"relay: stopped" in out, out
+
+
 def test_firmware_dies_with_relaybox(run):
     proc = run()
     (child,) = _children(proc.pid)

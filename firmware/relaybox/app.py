@@ -425,7 +425,10 @@ def main(config_path=None):
         return
     except KeyboardInterrupt:
         if relay:
-            relay.stop()
+            try:
+                relay.stop()
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C: no more farewells
         log.info("relay", "stopped")
     finally:
         # Output still on its way to the terminal (see the unix board's ConsoleOut).

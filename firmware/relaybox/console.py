@@ -99,7 +99,10 @@ class Console:
         over = False
         stars = False
         while True:
-            c = await self.inp.read(1)
+            try:
+                c = await self.inp.read(1)
+            except OSError:  # the terminal hung up (EIO): the same as its end
+                return None
             if not c:
                 return None
             b = c[0]

@@ -48,7 +48,10 @@ def _emit(lvl, sub, msg):
     _trim(_ring_size - 1, len(kept))
     _ring.append(kept)
     _ring_bytes += len(kept)
-    output(line)
+    try:
+        output(line)
+    except OSError:  # a console that is gone must not fail whoever logged
+        pass
 
 
 def debug(sub, msg):

@@ -151,7 +151,8 @@ def _terminal_state():
         return None
 
 
-_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+# SIGHUP: the terminal was closed; like SIGTERM, the firmware gets an orderly stop.
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD}
 _SI_KERNEL = 0x80  # Linux si_code of a signal the terminal sent (Ctrl-C)
 _PR_SET_PDEATHSIG = 1
 
@@ -161,6 +162,9 @@ def _child_setup():
     and on Linux the firmware is killed when this process dies, even by SIGKILL."""
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    # A closed terminal hangs up the whole group: the firmware then hears SIGINT from here
+    # and stops in order, instead of dying of the SIGHUP.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before prctl took effect
@@ -182,8 +186,8 @@ _prctl = _libc_prctl()
 
 
 def _wait(child):
-    """Wait for the firmware, passing it one SIGINT for each SIGINT or SIGTERM sent to
-    this process. A Ctrl-C at the terminal reached the firmware already (one process
+    """Wait for the firmware, passing it one SIGINT for each SIGINT, SIGTERM or SIGHUP sent
+    to this process. A Ctrl-C at the terminal reached the firmware already (one process
     group), so that one is not passed on: twice would cut its orderly stop short."""
     while True:
         info = signal.sigtimedwait(_SIGNALS, 1.0)
@@ -237,6 +241,7 @@ def cmd_run(args):
         raise ToolError(f"config file {config} not found")
     # From here on a SIGTERM cleans up: the build folder is never left behind.
     signal.signal(signal.SIGTERM, _stop_early)
+    signal.signal(signal.SIGHUP, _stop_early)
     build_dir = tempfile.mkdtemp(prefix="relaybox-unix-")
     terminal = _terminal_state()
     waitinfo = hasattr(signal, "sigtimedwait")
