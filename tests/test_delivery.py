@@ -136,6 +136,8 @@ def test_5xx_goes_to_dead_letters_and_admin_gets_notice(relay_factory, certs):
     assert b"Subject: Undelivered mail " + id.encode() in notice.data
     assert b"Reason: refused: data 554 5.7.1 Spam detected" in notice.data
     assert b"\r\nMessage-ID: <%s.notice@relaybox.test>\r\n" % id.encode() in notice.data
+    assert b"\r\nMIME-Version: 1.0\r\n" in notice.data
+    assert b"\r\nNot delivered to: bob@example.org\r\n" in notice.data
     relay.wait_log("id=%s .*result=dead" % id)
 
 
@@ -149,6 +151,8 @@ def test_one_recipient_refused(relay_factory, certs):
     (id,) = dead(relay)
     state = json.loads((relay.spool / "dead" / (id + ".s")).read_text())
     assert state["failed"] == [["nobody@example.org", 550, "5.1.1 No such user"]]
+    # The summary names who did not get it; bob did.
+    relay.wait_log(r"id=%s from=printer@lan rcpt=nobody@example.org size=\d+ result=dead" % id)
 
 
 def test_wrong_password_keeps_mail_and_stops_trying(relay_factory, certs):

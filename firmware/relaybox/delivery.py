@@ -433,23 +433,30 @@ class Delivery:
             self._hold(id)
             return 1
         self.dead += 1
+        # Those that got it (a 250 earlier) are not named: the owner sees who still waits.
+        failed = [f[0] for f in st.get("failed", ())]
+        if "rcpts" in st or failed:
+            missed = failed + [r for r in st.get("rcpts", ()) if r not in failed]
+        else:
+            missed = env.rcpts
         log.error(
             _SUB,
             "id=%s from=%s rcpt=%s size=%d result=dead reason=%s"
-            % (id, env.sender or "<>", ",".join(env.rcpts), env.size, why),
+            % (id, env.sender or "<>", ",".join(missed), env.size, why),
         )
         if self.admin and env.helo != _BOUNCE_HELO:
-            self._bounce(id, env, why)
+            self._bounce(id, env, missed, why)
         return 2
 
-    def _bounce(self, id, env, why):
+    def _bounce(self, id, env, missed, why):
         """Queue a short notice to the admin; it goes out like any other message."""
         body = (
             "From: relaybox <%s>\r\nTo: <%s>\r\nSubject: Undelivered mail %s\r\n"
             "Date: %s\r\nMessage-ID: <%s.notice@%s>\r\nAuto-Submitted: auto-replied\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n\r\n"
-            "The upstream server refused a message; it is kept in the dead letters.\r\n\r\n"
-            "Id: %s\r\nFrom: %s\r\nTo: %s\r\nArrived: %s\r\nReason: %s\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            "A message could not be delivered; it is kept in the dead letters.\r\n\r\n"
+            "Id: %s\r\nFrom: %s\r\nTo: %s\r\nNot delivered to: %s\r\nArrived: %s\r\n"
+            "Reason: %s\r\n"
         ) % (
             self.sender,
             self.admin,
@@ -460,6 +467,7 @@ class Delivery:
             id,
             env.sender or "<>",
             ", ".join(env.rcpts),
+            ", ".join(missed),
             clock.rfc5322_date(env.arrived),
             why[:400],
         )
