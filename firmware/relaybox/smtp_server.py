@@ -18,6 +18,7 @@ _BUF_SIZE = const(1024)  # one longest line (1001) and a little more
 _MAX_PATH = const(256)  # RFC 5321 section 4.5.3.1.3
 _MAX_DOMAIN = const(255)  # RFC 5321 section 4.5.3.1.2
 _MAX_TEXT = const(998)  # octets in a message line, without CRLF (RFC 5322 section 2.1.1)
+_BACKLOG = const(8)  # connections the network stack queues while all sessions are busy
 _FAREWELL_MS = const(2000)  # a client that reads nothing does not hold its socket longer
 # Flash kept free for delivery state and the filesystem's own blocks.
 _RESERVE = const(32768)
@@ -581,7 +582,8 @@ class Server:
         self.timeout_ms = cfg.get("idle_timeout") * 1000
         self.sessions = []
         self.accepted = 0
-        self.server = None
+        self.listener = None
+        self.accept_task = None
 
     def spool_free(self):
         try:
@@ -595,8 +597,42 @@ class Server:
 
     async def start(self):
         host, port = self.cfg.get("listen.host"), self.cfg.get("listen.port")
-        self.server = await asyncio.start_server(self._client, host, port, backlog=8)
+        family, _, _, _, addr = socket.getaddrinfo(host, port)[0]
+        sock = socket.socket(family)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.listener = sock
+        self.accept_task = asyncio.create_task(self._accept(sock))
         log.info("smtp", "listening on %s:%d" % (host, port))
+
+    async def _accept(self, sock):
+        # Our own accept loop rather than asyncio.start_server's: that one ends for good
+        # when the heap cannot hold one more connection's stream, and the relay would then
+        # stay deaf. A full heap here costs one client a 421, not the server.
+        io = asyncio.core._io_queue
+        while True:
+            yield io.queue_read(sock)
+            try:
+                conn, addr = sock.accept()
+            except OSError:
+                continue  # the client left before we took it
+            try:
+                conn.setblocking(False)
+                stream = asyncio.StreamWriter(conn, {"peername": addr})
+                asyncio.create_task(self._client(stream, stream))
+            except MemoryError:
+                log.warn("smtp", "connection refused: out of memory")
+                try:
+                    conn.send(replies.NO_MEMORY)
+                except OSError:
+                    pass
+                conn.close()
 
     async def watchdog(self):
         """Ends sessions idle for longer than idle_timeout (RFC 5321 section 4.5.3.2)."""
@@ -632,6 +668,10 @@ class Server:
         except OSError as e:
             # Resets and broken pipes are how LAN devices often leave; not worth more.
             log.debug("smtp", "peer=%s connection error %r" % (peer, e))
+        except MemoryError:
+            # More sessions than this heap holds: the device is told to come back later.
+            log.warn("smtp", "peer=%s closed: out of memory" % peer)
+            farewell = replies.NO_MEMORY
         except Exception as e:
             log.error("smtp", "peer=%s session failed: %r" % (peer, e))
         finally:
@@ -654,8 +694,9 @@ class Server:
 
     async def stop(self, wait_ms):
         """Stop listening and end every session with 421; wait at most wait_ms for them."""
-        if self.server:
-            self.server.close()
+        if self.accept_task:
+            self.accept_task.cancel()
+            self.listener.close()
         tasks = [s.task for s in self.sessions]
         for t in tasks:
             t.cancel()
