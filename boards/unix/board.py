@@ -43,7 +43,3 @@ def console_echo(on):
         termios.tcsetattr(0, termios.TCSANOW, attrs)
     except (ImportError, OSError):
         return  # stdin is not a terminal
-
-
-# TODO: console_stream(), an output that never blocks the relay when nobody reads the
-# terminal (MicroPython here has no fcntl for O_NONBLOCK; a writer thread was not stable).

@@ -66,8 +66,7 @@ class Relay:
 
                 # A board's serial line has no terminal driver to echo what a person types.
                 echo = getattr(self.board, "CONSOLE_ECHO", sys.platform not in ("linux", "darwin"))
-                out = self._console_out()
-                _console.start(self, echo, out)
+                _console.start(self, echo)
                 self.console_echo = echo
             except MemoryError:
                 log.error("relay", "not enough memory for the console: running without it")
@@ -78,16 +77,6 @@ class Relay:
         log.info("relay", "relaybox %s running as %s" % (VERSION, self.cfg.get("hostname")))
         while True:
             await asyncio.sleep(3600)
-
-    def _console_out(self):
-        # A board may give an output that never blocks the relay when nobody reads it; the
-        # log then goes there too.
-        fn = getattr(self.board, "console_stream", None)
-        if fn is None:
-            return None
-        out = fn()
-        log.output = lambda line: out.write(line + "\n")
-        return out
 
     async def _listen(self):
         where = "%s:%d" % (self.cfg.get("listen.host"), self.cfg.get("listen.port"))
@@ -430,8 +419,3 @@ def main(config_path=None):
             except KeyboardInterrupt:
                 pass  # a second Ctrl-C: no more farewells
         log.info("relay", "stopped")
-    finally:
-        # Output still on its way to the terminal (see the unix board's ConsoleOut).
-        flush = getattr(board, "console_flush", None)
-        if flush:
-            flush()
