@@ -326,6 +326,7 @@ def test_rp2_uf2_with_a_config_is_private_and_goes_after_the_copy(tmp_path):
         "ca": "ca.pem",
     }
     config.write_text(json.dumps({"upstream": upstream}))
+    (tmp_path / "ca.pem").write_bytes(b"0\x82\x01\x0a")  # DER starts with a SEQUENCE
     built = ROOT / "build" / "relaybox-w5500-evb-pico.uf2"
     r = relaybox("flash", "--board", "w5500-evb-pico", "--config", config, "--drive", drive)
     assert r.returncode == 0, r.stderr

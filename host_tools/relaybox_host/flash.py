@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import ROOT, boards, uf2
 from .errors import ToolError
-from .image import build, read_config, write_output
+from .image import build, config_files, write_output
 from .progress import Progress
 
 #: The ESP32 app image header starts with this byte; a stock .bin has it at its start.
@@ -54,7 +54,8 @@ def cmd_flash(args):
     if args.image and args.config:
         raise ToolError("--config only applies to an image built here; leave out --image")
     if args.config:
-        read_config(args.config)  # a config the firmware refuses fails before any USB traffic
+        # A config the firmware refuses, or its missing CA file, fails before any USB traffic.
+        config_files(args.config)
     if info["port"] == "esp32":
         return flash_esp32(info, args)
     if info["port"] == "rp2":
