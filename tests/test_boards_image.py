@@ -356,7 +356,7 @@ def test_image_carries_the_upstream_ca_and_the_board_delivers_with_it(tmp_path):
     (tmp_path / "certs").mkdir()
     certs = Certs(tmp_path / "certs")
     port = free_port()
-    with Upstream(certs, mode="implicit") as up:
+    with Upstream(certs) as up:  # STARTTLS on a submission port
         config = tmp_path / "config.json"
         upstream = up.config(ca="certs/upstream-ca.pem", retry={"schedule": [1]})
         config.write_text(
