@@ -10,6 +10,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from littlefs import LittleFS, UserContext
 from relaybox_host import ROOT, boards, image, uf2
 from relaybox_host.build import compile_firmware
 from relayproc import free_port
+from upstream_server import Certs, Upstream
 
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 RELAYBOX = Path(sys.executable).parent / "relaybox"
@@ -345,3 +347,108 @@ def test_board_with_a_bad_config_stays_at_the_repl(tmp_path):
         [str(RELAYBOX), "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and "config error: listen.port" in r.stdout, r.stdout + r.stderr
+
+
+def test_image_carries_the_upstream_ca_and_the_board_delivers_with_it(tmp_path):
+    """upstream.ca names a file beside config.json; the board resolves it against the folder
+    of /config.json, its root. The image must hold that file, and the relay booted from the
+    image must verify the upstream server with it and deliver."""
+    (tmp_path / "certs").mkdir()
+    certs = Certs(tmp_path / "certs")
+    port = free_port()
+    with Upstream(certs) as up:  # STARTTLS on a submission port
+        config = tmp_path / "config.json"
+        upstream = up.config(ca="certs/upstream-ca.pem", retry={"schedule": [1]})
+        config.write_text(
+            json.dumps(
+                {
+                    "hostname": "relaybox.test",
+                    "listen": {"host": "127.0.0.1", "port": port},
+                    "allow": ["127.0.0.0/8"],
+                    "upstream": upstream,
+                }
+            )
+        )
+        img = image.build("pico-w", tmp_path / "fs.bin", config=config)
+        assert "certs/upstream-ca.pem" in img.files
+        g = img.geometry
+        fs = mount(img.path, g)
+        with fs.open("certs/upstream-ca.pem", "rb") as f:
+            assert f.read() == Path(certs.ca_pem).read_bytes()
+        proc = subprocess.Popen(
+            [str(MICROPYTHON), "-X", "heapsize=256K", str(FLASH_ROOT), str(img.path)]
+            + [str(g.block_count), "256", "boot"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        log = []
+        try:
+            for line in proc.stdout:
+                log.append(line)
+                if "listening on" in line:
+                    break
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+                s.sendmail("nas@lan", ["admin@example.net"], b"Subject: ca\r\n\r\nvia TLS\r\n")
+            deadline = time.monotonic() + 30
+            while not up.messages and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                out, _ = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            log.append(out)
+        text = "".join(log)
+        assert "CA file" not in text, text
+        assert len(up.messages) == 1, text
+        assert up.messages[0].data.endswith(b"via TLS\r\n"), up.messages[0].data
+
+
+def test_upstream_ca_missing_or_no_certificate_is_refused(tmp_path):
+    config = tmp_path / "config.json"
+    upstream = {"host": "smtp.example.net", "user": "me@example.net", "password": "pw"}
+    config.write_text(json.dumps({"upstream": {**upstream, "ca": "upstream-ca.pem"}}))
+    out = tmp_path / "fs.bin"
+    for cmd in (
+        ["image", "--board", "pico-w", "-o", out],
+        ["flash", "--board", "esp32-eth", "--port", "/dev/null", "--dry-run"],
+        ["deploy", "--port", tmp_path / "no-such-tty"],
+    ):
+        r = subprocess.run(
+            [str(RELAYBOX), *map(str, cmd), "--config", str(config)],
+            capture_output=True,
+            text=True,
+        )
+        assert (r.returncode, r.stdout) == (1, ""), (cmd, r.stdout, r.stderr)
+        assert r.stderr == (
+            f"relaybox: upstream.ca: upstream-ca.pem not found beside config.json in {tmp_path}; "
+            "put your provider's CA there (it travels with the config), or leave upstream out "
+            "of this config and install the CA on the board later with relaybox trust "
+            "HOST:PORT\n"
+        ), (cmd, r.stderr)
+    assert not out.exists() and not out.with_suffix(".uf2").exists()
+
+    ca = tmp_path / "upstream-ca.pem"
+    ca.write_text("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n")
+    r = subprocess.run(
+        [str(RELAYBOX), "image", "--board", "pico-w", "-o", str(out), "--config", str(config)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"relaybox: upstream.ca: {ca} is not a certificate (PEM with -----BEGIN CERTIFICATE"
+    ), r.stderr
+    config.write_text(json.dumps({"upstream": {**upstream, "ca": "../ca.pem"}}))
+    with pytest.raises(image.ToolError, match="outside the folder of config.json"):
+        image.build("pico-w", out, config=config)
+
+    # DER works as well as PEM, and an absolute path stays absolute on the board.
+    der = Certs(tmp_path).ca_der
+    config.write_text(json.dumps({"upstream": {**upstream, "ca": der}}))
+    img = image.build("pico-w", out, config=config)
+    fs = mount(img.path, img.geometry)
+    with fs.open(der, "rb") as f:
+        assert f.read() == Path(der).read_bytes()

@@ -25,6 +25,7 @@ from relaybox_host import deploy
 from relaybox_host.build import compile_firmware
 from relaybox_host.errors import ToolError
 from relayproc import free_port
+from upstream_server import Certs
 
 RELAYBOX = Path(sys.executable).parent / "relaybox"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
@@ -154,6 +155,38 @@ def test_only_changed_files_are_sent(firmware, tmp_path):
     assert files["config.json"] == b'{"hostname": "mine.lan"}'  # kept without --config
     digest = hashlib.sha256(files["lib/relaybox/log.mpy"]).digest()
     assert digest == hashlib.sha256(firmware["lib/relaybox/log.mpy"]).digest()
+
+
+def test_config_goes_with_its_upstream_ca(firmware, tmp_path):
+    """The CA file named by upstream.ca travels with config.json, to where the firmware
+    looks for it: beside config.json, in a folder below it when the name has one."""
+    ca = tmp_path / "keys" / "upstream-ca.pem"
+    ca.parent.mkdir()
+    ca.write_bytes(Path(Certs(tmp_path).ca_pem).read_bytes())
+    upstream = {"host": "smtp.example.net", "user": "me@example.net", "password": "pw"}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"upstream": {**upstream, "ca": "keys/upstream-ca.pem"}}))
+    img = new_image(tmp_path / "flash.bin", dict(firmware))
+    board = start_board(img)
+    try:
+        first = deploy.deploy(board.port, "unix", config, reset=False)
+        again = deploy.deploy(board.port, "unix", config, reset=False)
+        # What the firmware makes of the config on the board: its own path_of.
+        code = (
+            "from relaybox.config import Config\n"
+            "c = Config.load('config.json')\n"
+            "print(repr(open(c.path_of('upstream.ca'), 'rb').read()))\n"
+        )
+        seen = deploy._eval_print(deploy._connect(board.port), code)
+    finally:
+        board.close()
+    assert sorted(first.sent) == [
+        ("config.json", config.stat().st_size),
+        ("keys/upstream-ca.pem", ca.stat().st_size),
+    ]
+    assert (again.sent, again.unchanged) == ([], len(firmware) + 2)
+    assert seen == ca.read_bytes()
+    assert read_image(img)["keys/upstream-ca.pem"] == ca.read_bytes()
 
 
 def test_wrong_or_unknown_board_is_refused(tmp_path):

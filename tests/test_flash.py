@@ -282,7 +282,7 @@ def test_rp2_copies_uf2_to_the_drive(tmp_path):
 def test_rp2_stock_firmware_goes_in_the_same_uf2(tmp_path):
     drive = fake_drive(tmp_path)
     stock = tmp_path / "RPI_PICO_W.uf2"
-    firmware = bytes(range(256)) * 2000  # 500 KiB standing in for MicroPython
+    firmware = stock_uf2_payload("Raspberry Pi Pico W")
     stock.write_bytes(uf2.encode(firmware, 0x10000000, 0xE48BFF56))
     img = image.build("pico-w", tmp_path / "fs.bin").path
     r = relaybox(
@@ -302,6 +302,70 @@ def test_rp2_stock_firmware_goes_in_the_same_uf2(tmp_path):
         ),
         "is not a .uf2; download the UF2 for RPI_PICO_W from https://",
     )
+
+
+def stock_uf2_payload(board_name):
+    """500 KiB standing in for MicroPython: a build names its board (MICROPY_HW_BOARD_NAME),
+    here across a 256-byte block boundary as it may fall in a real one."""
+    data = bytearray(bytes(range(256)) * 2000)
+    name = board_name.encode() + b"\0"
+    data[100 * 256 - 5 : 100 * 256 - 5 + len(name)] = name
+    return bytes(data)
+
+
+def test_rp2_firmware_must_be_micropython_for_this_board(tmp_path):
+    drive = fake_drive(tmp_path)
+    url = "download the UF2 for RPI_PICO_W from https://micropython.org/download/RPI_PICO_W/"
+
+    def write(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    w5500 = write(
+        "W5500_EVB_PICO.uf2",
+        uf2.encode(stock_uf2_payload("W5500-EVB-Pico"), 0x10000000, 0xE48BFF56),
+    )
+    pico2 = write(
+        "RPI_PICO2_W.uf2",
+        uf2.encode(stock_uf2_payload("Raspberry Pi Pico W"), 0x10000000, 0xE48BFF59),
+    )
+    good = uf2.encode(stock_uf2_payload("Raspberry Pi Pico W"), 0x10000000, 0xE48BFF56)
+    broken = bytearray(good)
+    broken[512 * 7 + 508] ^= 1  # the end magic of block 7
+    cases = [
+        (
+            w5500,
+            "is not MicroPython for the pico-w (it does not name 'Raspberry Pi Pico W'); "
+            + url
+            + ", or add --any-firmware for a build of your own",
+        ),
+        (pico2, "is for UF2 family 0xe48bff59, not RP2040 (0xe48bff56) of the pico-w; " + url),
+        (
+            write("broken.uf2", bytes(broken)),
+            "is not a UF2 file (bad UF2 magic in block 7); " + url,
+        ),
+        (write("text.uf2", b"not a firmware\n"), "is not a UF2 file (a UF2 file is a whole"),
+        (write("empty.uf2", b""), "is empty; " + url),
+    ]
+    for firmware, message in cases:
+        for extra in (["--dry-run"], ["--drive", drive]):
+            r = relaybox("flash", "--board", "pico-w", "--firmware", firmware, *extra)
+            fail(r, f"relaybox: {firmware} {message}")
+            assert r.stderr.count("\n") == 1, r.stderr  # refused before building anything
+    assert sorted(p.name for p in drive.iterdir()) == ["INFO_UF2.TXT"]
+
+    ok = write("RPI_PICO_W.uf2", good)
+    r = relaybox("flash", "--board", "pico-w", "--firmware", ok, "--dry-run")
+    assert r.returncode == 0 and f"plus {ok}" in r.stdout, r.stderr
+    # A build of one's own that names the board otherwise: taken only when asked for.
+    img = image.build("w5500-evb-pico", tmp_path / "fs.bin").path
+    r = relaybox(
+        "flash", "--board", "w5500-evb-pico", "--image", img, "--drive", drive,
+        "--firmware", ok, "--any-firmware",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (drive / "fs-flash.uf2").is_file()
 
 
 def test_rp2_without_a_drive_explains_bootsel(tmp_path):
@@ -326,6 +390,7 @@ def test_rp2_uf2_with_a_config_is_private_and_goes_after_the_copy(tmp_path):
         "ca": "ca.pem",
     }
     config.write_text(json.dumps({"upstream": upstream}))
+    (tmp_path / "ca.pem").write_bytes(b"0\x82\x01\x0a")  # DER starts with a SEQUENCE
     built = ROOT / "build" / "relaybox-w5500-evb-pico.uf2"
     r = relaybox("flash", "--board", "w5500-evb-pico", "--config", config, "--drive", drive)
     assert r.returncode == 0, r.stderr

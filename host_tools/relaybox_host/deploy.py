@@ -14,7 +14,7 @@ from pathlib import Path
 from . import boards
 from .build import compile_firmware
 from .errors import ToolError
-from .image import CONFIG_NAME, read_config
+from .image import config_files
 from .progress import Progress
 
 #: The .mpy format this firmware is compiled to (mpy-cross 1.23 and later).
@@ -72,7 +72,11 @@ def add_parser(sub):
     )
     p.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyACM0 or COM4")
     p.add_argument("--board", help="board name (default: ask the board, see boards/README.md)")
-    p.add_argument("--config", type=Path, help="also replace the board's config.json")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="also replace the board's config.json (and send the upstream.ca file it names)",
+    )
     p.add_argument("--force", action="store_true", help="send every file, changed or not")
     p.add_argument(
         "--replace-board",
@@ -181,9 +185,16 @@ def identify(platform, mpy, version, machine, name, wanted=None, replace=False):
     return board
 
 
+def _on_board(root, rel):
+    """Where a file goes: below the board's root, or at an absolute path as it is."""
+    return rel if rel.startswith("/") else root + rel
+
+
 def plan(local, remote, listing, root, force=False):
     """(files to send, stale files to remove) from local and remote hashes."""
-    send = [rel for rel in sorted(local) if force or remote.get(root + rel) != local[rel][1]]
+    send = [
+        rel for rel in sorted(local) if force or remote.get(_on_board(root, rel)) != local[rel][1]
+    ]
     keep = {Path(rel).name for rel in local if rel.startswith(_FIRMWARE_DIR + "/")}
     stale = [root + f"{_FIRMWARE_DIR}/{n}" for n in sorted(listing) if n not in keep]
     # A leftover X.py beside X.mpy would win the import, so it goes too.
@@ -198,7 +209,7 @@ def deploy(port, board_name=None, config=None, force=False, reset=True, replace=
     from mpremote.transport import TransportError
 
     # Checked before the board is touched: a config the firmware refuses is never sent.
-    config_data = None if config is None else read_config(config)
+    config_data = None if config is None else config_files(config)
     t = _connect(port)
     try:
         return _deploy(t, board_name, config_data, force, reset, replace)
@@ -225,10 +236,11 @@ def _deploy(t, board_name, config, force, reset, replace):
         for rel in compile_firmware(board_name, tmp):
             data = (Path(tmp) / rel).read_bytes()
             local[rel] = (data, hashlib.sha256(data).hexdigest())
-    if config is not None:
-        local[CONFIG_NAME] = (config, hashlib.sha256(config).hexdigest())
+    # config.json and its CA file; an absolute CA path stays absolute on the board.
+    for rel, data in (config or {}).items():
+        local[rel] = (data, hashlib.sha256(data).hexdigest())
 
-    paths = [root + rel for rel in local] + [
+    paths = [_on_board(root, rel) for rel in local] + [
         root + rel[:-4] + ".py" for rel in local if rel.endswith(".mpy")
     ]
     remote, listing = _eval_print(t, _SURVEY % (_CHUNK, root + _FIRMWARE_DIR, paths))
@@ -241,7 +253,9 @@ def _deploy(t, board_name, config, force, reset, replace):
         for rel in send:
             data = local[rel][0]
             base = bar.done
-            _write(t, root + rel, data, lambda n, _total, base=base: bar.update(base + n))
+            _write(
+                t, _on_board(root, rel), data, lambda n, _total, base=base: bar.update(base + n)
+            )
             sent.append((rel, len(data)))
     if stale:
         t.exec("import os\nfor p in %r:\n try:\n  os.remove(p)\n except OSError:\n  pass" % stale)
@@ -263,9 +277,11 @@ class _Quiet:
 def _make_dirs(t, root, rels):
     dirs = set()
     for rel in rels:
-        parts = rel.split("/")[:-1]
+        path = _on_board(root, rel)
+        top = "/" if path.startswith("/") else ""
+        parts = [p for p in path.split("/")[:-1] if p]
         for i in range(1, len(parts) + 1):
-            dirs.add(root + "/".join(parts[:i]))
+            dirs.add(top + "/".join(parts[:i]))
     if dirs:
         t.exec(
             "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import ROOT, boards, uf2
 from .errors import ToolError
-from .image import build, read_config, write_output
+from .image import build, config_files, write_output
 from .progress import Progress
 
 #: The ESP32 app image header starts with this byte; a stock .bin has it at its start.
@@ -40,6 +40,11 @@ def add_parser(sub):
     p.add_argument("--baud", type=int, default=None, help="esptool baud rate (default 460800)")
     p.add_argument("--drive", type=Path, help="RP2040: the mounted RPI-RP2 drive")
     p.add_argument(
+        "--any-firmware",
+        action="store_true",
+        help="RP2040: take a --firmware UF2 that does not name the board (your own build)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print what would be written and write nothing (ESP32: the board's partition "
@@ -54,7 +59,8 @@ def cmd_flash(args):
     if args.image and args.config:
         raise ToolError("--config only applies to an image built here; leave out --image")
     if args.config:
-        read_config(args.config)  # a config the firmware refuses fails before any USB traffic
+        # A config the firmware refuses, or its missing CA file, fails before any USB traffic.
+        config_files(args.config)
     if info["port"] == "esp32":
         return flash_esp32(info, args)
     if info["port"] == "rp2":
@@ -290,6 +296,45 @@ def find_rp2_drives(roots=None):
     return sorted(set(found))
 
 
+def check_rp2_firmware(info, path, any_firmware=False):
+    """The bytes of a stock MicroPython UF2 for this board; anything else is refused.
+
+    Every 512-byte block must carry the UF2 magic numbers and the board's family ID, and
+    the firmware must name the board: a MicroPython build holds its MICROPY_HW_BOARD_NAME
+    (board.json "machine"), so the build for another RP2040 board is caught here.
+    """
+    fix = _download_hint(info, "UF2")
+    path = Path(path)
+    if path.suffix.lower() != ".uf2":
+        raise ToolError(f"{path} is not a .uf2; {fix}")
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise ToolError(f"cannot read {path} ({e.strerror}); {fix}") from None
+    try:
+        blocks = uf2.decode(blob)
+    except ValueError as e:
+        raise ToolError(f"{path} is not a UF2 file ({e}); {fix}") from None
+    if not blocks:
+        raise ToolError(f"{path} is empty; {fix}")
+    family_id, _ = boards.uf2_settings(info)
+    other = sorted({f for _, _, f in blocks if f not in (None, family_id)})
+    if other:
+        raise ToolError(
+            f"{path} is for UF2 family {other[0]:#x}, not {info['uf2']['family']} "
+            f"({family_id:#x}) of the {info['name']}; {fix}"
+        )
+    firmware = b"".join(p for _, p, _ in sorted(blocks, key=lambda b: b[0]))
+    names = info.get("machine", [])
+    if names and not any_firmware and not any(n.encode() in firmware for n in names):
+        raise ToolError(
+            f"{path} is not MicroPython for the {info['name']} (it does not name "
+            f"{' or '.join(map(repr, names))}); {fix}, or add --any-firmware for a build "
+            "of your own"
+        )
+    return blob
+
+
 def rp2_uf2(info, args, workdir, out):
     """Write to `out` the UF2 to copy: the image's, plus stock MicroPython with --firmware."""
     family_id, flash_base = boards.uf2_settings(info)
@@ -301,11 +346,10 @@ def rp2_uf2(info, args, workdir, out):
             info["name"], workdir / "fs.bin", geometry.flash_size, args.config
         ).uf2_path.read_bytes()
     if args.firmware:
-        if Path(args.firmware).suffix.lower() != ".uf2":
-            raise ToolError(f"{args.firmware} is not a .uf2; " + _download_hint(info, "UF2"))
+        stock = check_rp2_firmware(info, args.firmware, args.any_firmware)
         try:
-            data = uf2.merge(Path(args.firmware).read_bytes(), data, family_id)
-        except (OSError, ValueError) as e:
+            data = uf2.merge(stock, data, family_id)
+        except ValueError as e:
             raise ToolError(
                 f"cannot use {args.firmware} ({e}); " + _download_hint(info, "UF2")
             ) from None
@@ -364,6 +408,8 @@ def copy_with_progress(src, dest):
 def flash_rp2(info, args):
     if args.image:
         check_image(args.image, boards.geometry(info, args.flash_size))
+    if args.firmware:
+        check_rp2_firmware(info, args.firmware, args.any_firmware)
     if args.dry_run:
         geometry = boards.geometry(info, args.flash_size)
         family_id, base = boards.uf2_settings(info)

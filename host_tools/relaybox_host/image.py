@@ -2,6 +2,7 @@
 
 import json
 import os
+import posixpath
 import subprocess
 import tempfile
 from collections import namedtuple
@@ -17,6 +18,8 @@ from .run import micropython_exe
 
 #: Where the firmware looks for its settings on a board (board.CONFIG_PATH).
 CONFIG_NAME = "config.json"
+#: The CA file of the firmware's TLS check (tlsconn.load_ca refuses larger files).
+CA_MAX = 65536
 
 Image = namedtuple("Image", "path uf2_path geometry files used_blocks")
 
@@ -63,6 +66,71 @@ def read_config(path):
             f"the firmware refuses {path}: config error: {problem}; fix it and run again"
         )
     return text.encode()
+
+
+def _setting(data, key):
+    """A dotted setting of a config object, nested ({"upstream": {"ca": ...}}) or not."""
+    if key in data:
+        return data[key]
+    head, _, rest = key.partition(".")
+    value = data.get(head)
+    return _setting(value, rest) if rest and isinstance(value, dict) else None
+
+
+def ca_file(config_path, text):
+    """(path on the board, bytes) of the CA file the config names in upstream.ca, or None.
+
+    The firmware resolves a relative upstream.ca against the folder of config.json
+    (Config.path_of), which is the board's root; here the same name is read beside the
+    config file given on this computer. An absolute name is taken as it is, on both sides.
+    """
+    name = _setting(json.loads(text), "upstream.ca")
+    if not name:
+        return None
+    config_path = Path(config_path)
+    fix = (
+        "put your provider's CA there (it travels with the config), or leave upstream out "
+        "of this config and install the CA on the board later with relaybox trust HOST:PORT"
+    )
+    if name.startswith("/"):
+        board_path, source, where = posixpath.normpath(name), Path(name), "on this computer"
+    else:
+        board_path = posixpath.normpath(name)
+        if board_path.startswith("../") or board_path == "..":
+            raise ToolError(
+                f"upstream.ca: {name} is outside the folder of config.json, which is the "
+                f"board's root; name a file beside {config_path.name} or below it"
+            )
+        source = config_path.parent / name
+        where = f"beside {config_path.name} in {config_path.parent.resolve()}"
+    try:
+        data = source.read_bytes()
+    except FileNotFoundError:
+        raise ToolError(f"upstream.ca: {name} not found {where}; {fix}") from None
+    except OSError as e:
+        raise ToolError(f"upstream.ca: cannot read {source} ({e.strerror}); {fix}") from None
+    if len(data) > CA_MAX:
+        raise ToolError(
+            f"upstream.ca: {source} is {len(data)} bytes, more than the {CA_MAX} the board "
+            "reads; keep only the CA that signs your provider's server"
+        )
+    if b"-----BEGIN CERTIFICATE-----" not in data and data[:1] != b"\x30":
+        raise ToolError(
+            f"upstream.ca: {source} is not a certificate (PEM with -----BEGIN CERTIFICATE----- "
+            f"or DER); {fix}"
+        )
+    return board_path, data
+
+
+def config_files(config_path):
+    """The files --config puts on a board, by path relative to its root: config.json and
+    the CA file it names (an absolute upstream.ca keeps its leading /)."""
+    text = read_config(config_path)
+    files = {CONFIG_NAME: text}
+    ca = ca_file(config_path, text)
+    if ca:
+        files[ca[0]] = ca[1]
+    return files
 
 
 def make_filesystem(geometry, files, label="image"):
@@ -128,7 +196,8 @@ def build(board_name, out, flash_size=None, config=None, geometry=None):
         raise ToolError(f"name the image .bin, not .uf2: {out.with_suffix('.bin')}")
     files = {}
     if config is not None:
-        files[CONFIG_NAME] = read_config(config)
+        # The image's root is the board's root, so an absolute CA path goes there too.
+        files.update((rel.lstrip("/"), data) for rel, data in config_files(config).items())
     with tempfile.TemporaryDirectory(prefix="relaybox-image-") as tmp:
         for rel in compile_firmware(board_name, tmp):
             files[rel] = (Path(tmp) / rel).read_bytes()
