@@ -137,6 +137,7 @@ def import_costs(build):
         "config",
         "spool",
         "message",
+        "address",
         "smtp_server",
         "app",
         "console",

@@ -6,8 +6,8 @@ import time
 from micropython import const
 
 from . import log, replies
+from .address import helo_name, parse_path, valid_mailbox
 from .message import Inbound, received
-from .policy import parse_ip
 from .spool import is_full
 
 # RFC 5321 section 4.5.3.1: text lines are 1000 octets with CRLF; a dot-stuffed data
@@ -15,8 +15,6 @@ from .spool import is_full
 _MAX_LINE = const(1000)
 _MAX_DATA_LINE = const(1001)
 _BUF_SIZE = const(1024)  # one longest line (1001) and a little more
-_MAX_PATH = const(256)  # RFC 5321 section 4.5.3.1.3
-_MAX_DOMAIN = const(255)  # RFC 5321 section 4.5.3.1.2
 _MAX_TEXT = const(998)  # octets in a message line, without CRLF (RFC 5322 section 2.1.1)
 _BACKLOG = const(8)  # connections the network stack queues while all sessions are busy
 _FAREWELL_MS = const(2000)  # a client that reads nothing does not hold its socket longer
@@ -99,141 +97,6 @@ def _is_ascii_text(line):
 def _is_8bit_text(line):
     for c in line:
         if c < 0x20 and c != 0x09 or c == 0x7F:
-            return False
-    return True
-
-
-def _quote_end(text, i):
-    """Index of the quote that closes the quoted string opening at text[i], or -1."""
-    i += 1
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 1
-        elif c == '"':
-            return i
-        i += 1
-    return -1
-
-
-def _parse_path(arg, prefix):
-    """Split 'FROM:<a@b> PARAMS' into ('a@b', [params]); None when malformed. A quoted
-    local part ("a b"@c, RFC 5321 section 4.1.2) may hold spaces and angle brackets."""
-    if not arg.upper().startswith(prefix):
-        return None
-    arg = arg[len(prefix) :].lstrip()
-    if not arg.startswith("<"):
-        return None
-    start = 1
-    # A source route (@a,@b:user@c) is to be ignored (RFC 5321 appendix C).
-    if arg.startswith("<@"):
-        colon = arg.find(":")
-        if colon < 0 or colon > arg.find(">"):
-            return None
-        start = colon + 1
-    local_end = start
-    if arg[start : start + 1] == '"':
-        local_end = _quote_end(arg, start)
-        if local_end < 0 or arg[local_end + 1 : local_end + 2] != "@":
-            return None
-    close = arg.find(">", local_end)
-    if close < 0:
-        return None
-    path = arg[start:close]
-    rest = arg[close + 1 :]
-    if rest and rest[0] != " ":
-        return None
-    if start > 1 and not path:
-        return None  # a route to nobody
-    bare = path[local_end + 1 - start :] if local_end > start else path  # past the quotes
-    if len(path) > _MAX_PATH or " " in bare or "<" in bare or '"' in bare:
-        return None
-    return path, rest.split()
-
-
-# RFC 5321 section 4.1.2: atext is a letter, a digit or one of these.
-_ATEXT = "!#$%&'*+-/=?^_`{|}~"
-_HEX = "0123456789abcdefABCDEF"
-
-
-def _dot_string(text):
-    """Atoms of atext joined by single dots."""
-    if not text or text[0] == "." or text[-1] == "." or ".." in text:
-        return False
-    for c in text:
-        if not (c.isalpha() or c.isdigit() or c == "." or c in _ATEXT):
-            return False
-    return True
-
-
-def _quoted_string(text):
-    """A quoted string of printable ASCII, with backslash pairs."""
-    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
-        return False
-    i = 1
-    end = len(text) - 1
-    while i < end:
-        c = text[i]
-        if c == "\\":
-            i += 1
-            if i == end:
-                return False  # the closing quote was escaped
-        elif c == '"':
-            return False
-        i += 1
-    return True
-
-
-def _address_literal(text):
-    """The inside of [...]: an IPv4 address, or IPv6: with a plausible IPv6 address."""
-    if text[:5].upper() == "IPV6:":
-        text = text[5:]
-        colons = text.count(":")
-        if not 2 <= colons <= 7 or text.count("::") > 1:
-            return False
-        for c in text:
-            if c not in _HEX and c != ":" and c != ".":
-                return False
-        return True
-    return parse_ip(text) is not None
-
-
-def _domain(text):
-    """Labels of letters, digits and inner hyphens (RFC 5321 section 4.1.2), or an
-    address literal."""
-    if text[:1] == "[":
-        return text[-1] == "]" and _address_literal(text[1:-1])
-    if not text or len(text) > _MAX_DOMAIN:
-        return False
-    for label in text.split("."):
-        if not label or len(label) > 63 or label[0] == "-" or label[-1] == "-":
-            return False
-        for c in label:
-            if not (c.isalpha() or c.isdigit() or c == "-"):
-                return False
-    return True
-
-
-def _valid_mailbox(addr):
-    at = addr.rfind("@")
-    if at < 1:
-        return False
-    local = addr[:at]
-    if not (_quoted_string(local) if local[0] == '"' else _dot_string(local)):
-        return False
-    return _domain(addr[at + 1 :])
-
-
-def _helo_name(arg):
-    """A HELO/EHLO argument that may go into Received:. Devices often send a bare host
-    name with underscores or a bare address: accepted, but nothing that could break the
-    header (white space, brackets, quotes, semicolons) gets in."""
-    if not arg or len(arg) > _MAX_DOMAIN:
-        return False
-    if arg[0] == "[":
-        return arg[-1] == "]" and _address_literal(arg[1:-1])
-    for c in arg:
-        if not (c.isalpha() or c.isdigit() or c in "-_."):
             return False
     return True
 
@@ -336,7 +199,7 @@ class Session:
         return not reply.startswith(b"421")
 
     async def do_helo(self, arg):
-        if not _helo_name(arg):
+        if not helo_name(arg):
             return replies.ARGS
         self._reset()
         self.helo = arg
@@ -344,7 +207,7 @@ class Session:
         return ("250 %s\r\n" % self.server.hostname).encode()
 
     async def do_ehlo(self, arg):
-        if not _helo_name(arg):
+        if not helo_name(arg):
             return replies.ARGS
         self._reset()
         self.helo = arg
@@ -360,8 +223,8 @@ class Session:
             return replies.NEED_HELO
         if self.sender is not None:
             return replies.NESTED_MAIL
-        parsed = _parse_path(arg, "FROM:")
-        if parsed is None or parsed[0] and not _valid_mailbox(parsed[0]):
+        parsed = parse_path(arg, "FROM:")
+        if parsed is None or parsed[0] and not valid_mailbox(parsed[0]):
             return replies.BAD_SENDER
         path, params = parsed
         seen = []
@@ -391,12 +254,12 @@ class Session:
     async def do_rcpt(self, arg):
         if self.sender is None:
             return replies.NEED_MAIL if self.helo else replies.NEED_HELO
-        parsed = _parse_path(arg, "TO:")
+        parsed = parse_path(arg, "TO:")
         if parsed is None:
             return replies.BAD_RCPT
         path, params = parsed
         # RFC 5321 section 4.5.1: <postmaster> without a domain is always accepted.
-        if not (_valid_mailbox(path) or path.lower() == "postmaster"):
+        if not (valid_mailbox(path) or path.lower() == "postmaster"):
             return replies.BAD_RCPT
         if params:
             return replies.PARAM_UNKNOWN
