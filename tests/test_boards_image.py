@@ -262,9 +262,12 @@ def test_image_boots_and_spools_a_message(board, tmp_path):
     )
     log = []
     try:
+        # Read on until the failed bring-up was reported too: what this reader holds back
+        # when it stops is not seen by communicate() below.
         for line in proc.stdout:
             log.append(line)
-            if "listening on" in line:
+            text = "".join(log)
+            if "listening on" in text and "down:" in text:
                 break
         else:
             pytest.fail("relay did not start:\n" + "".join(log))
