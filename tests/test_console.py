@@ -33,7 +33,7 @@ def test_help_and_status(relay):
     relay.wait_log(r"^relaybox \d+\.\d+\.\d+ on unix, up \d+s$")
     relay.wait_log(r"^upstream  \S+ 127\.0\.0\.1:9")
     relay.wait_log(r"^queue     0 message\(s\), oldest -; 0 dead letter\(s\)$")
-    relay.wait_log(r"^memory    flash free \d+[BKM], heap free \d+[BKM]$")
+    relay.wait_log(r"^memory    flash free \d+[BKMG], heap free \d+[BKM]$")
 
 
 def test_secret_is_masked_everywhere(relay):
@@ -269,3 +269,13 @@ def test_an_echoing_board_says_so_and_shows_inline_secrets_as_stars(relay_factor
     r.wait_log(r"hostname = relaybox\.test")
     assert "set upstream.password " + "*" * len(SECRET) in r.log(), r.log()
     assert SECRET not in r.log()
+
+
+def test_sizes_read_at_a_glance():
+    import mpdriver
+
+    result = mpdriver.run(
+        "from relaybox.console import _size\n"
+        "print(_size(512), _size(20480), _size(52428800), _size(85899345920))\n"
+    )
+    assert result.stdout.split() == ["512B", "20K", "50M", "80G"], result.stdout + result.stderr

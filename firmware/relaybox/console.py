@@ -75,7 +75,9 @@ def _size(n):
         return "%dB" % n
     if n < 10485760:
         return "%dK" % (n // 1024)
-    return "%dM" % (n // 1048576)
+    if n < 10737418240:
+        return "%dM" % (n // 1048576)
+    return "%dG" % (n // 1073741824)  # a host's disk under `relaybox run`
 
 
 class Console:
