@@ -4,6 +4,7 @@ Images are opened again with littlefs-python and mounted in the MicroPython unix
 os.VfsLfs2 over the image file, the way a board mounts its flash partition.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -231,6 +232,38 @@ def test_bytecode_for_each_arch_loads_in_unix_port(arch, tmp_path):
     assert r.returncode == 0 and r.stdout.startswith("loaded"), r.stdout + r.stderr
 
 
+@contextlib.contextmanager
+def booted(img, progsize):
+    """The relay booted from an image under the unix port, as a board boots it; yields its
+    log lines up to "listening on", and the rest is added once it has stopped."""
+    g = img.geometry
+    proc = subprocess.Popen(
+        [str(MICROPYTHON), "-X", "heapsize=256K", str(FLASH_ROOT), str(img.path)]
+        + [str(g.block_count), str(progsize), "boot"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = []
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail("relay did not start:\n" + "".join(log))
+        yield log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.append(proc.stdout.read())  # through the same reader: nothing it held is lost
+        proc.stdout.close()
+
+
 @pytest.mark.parametrize("board", BOARDS)
 def test_image_boots_and_spools_a_message(board, tmp_path):
     """The proof that an image boots: the unix port mounts it as its root filesystem and runs
@@ -252,40 +285,14 @@ def test_image_boots_and_spools_a_message(board, tmp_path):
     )
     info = boards.load(board)
     img = image.build(board, tmp_path / "fs.bin", config=config)
-    g = img.geometry
-    proc = subprocess.Popen(
-        [str(MICROPYTHON), "-X", "heapsize=256K", str(FLASH_ROOT), str(img.path)]
-        + [str(g.block_count), str(info["lfs_progsize"]), "boot"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log = []
-    try:
-        # Read on until the failed bring-up was reported too: what this reader holds back
-        # when it stops is not seen by communicate() below.
-        for line in proc.stdout:
-            log.append(line)
-            text = "".join(log)
-            if "listening on" in text and "down:" in text:
-                break
-        else:
-            pytest.fail("relay did not start:\n" + "".join(log))
+    with booted(img, info["lfs_progsize"]) as log:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
             refused = s.sendmail("nas@lan", ["admin@example.net"], b"Subject: boot\r\n\r\nok\r\n")
             code, _ = s.noop()
         assert (refused, code) == ({}, 250)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        log.append(out)
     text = "".join(log)
     assert "net: " in text and "down:" in text, text  # bring-up reported, not fatal
-    fs = mount(img.path, g)
+    fs = mount(img.path, img.geometry)
     queued = [n for n in fs.listdir("/spool/q") if "." not in n]
     assert len(queued) == 1, (fs.listdir("/spool/q"), text)
     with fs.open("/spool/q/" + queued[0], "rb") as f:
@@ -378,32 +385,12 @@ def test_image_carries_the_upstream_ca_and_the_board_delivers_with_it(tmp_path):
         fs = mount(img.path, g)
         with fs.open("certs/upstream-ca.pem", "rb") as f:
             assert f.read() == Path(certs.ca_pem).read_bytes()
-        proc = subprocess.Popen(
-            [str(MICROPYTHON), "-X", "heapsize=256K", str(FLASH_ROOT), str(img.path)]
-            + [str(g.block_count), "256", "boot"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        log = []
-        try:
-            for line in proc.stdout:
-                log.append(line)
-                if "listening on" in line:
-                    break
+        with booted(img, 256) as log:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
                 s.sendmail("nas@lan", ["admin@example.net"], b"Subject: ca\r\n\r\nvia TLS\r\n")
             deadline = time.monotonic() + 30
             while not up.messages and time.monotonic() < deadline:
                 time.sleep(0.2)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                out, _ = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            log.append(out)
         text = "".join(log)
         assert "CA file" not in text, text
         assert len(up.messages) == 1, text
