@@ -83,6 +83,8 @@ def test_unreachable_then_many_messages_in_one_session(relay_factory, certs):
             lambda: len(up.messages) == 8, timeout=30, what="8 messages upstream", relay=relay
         )
         wait_for(lambda: relay.queued() == [], what="the spool to empty", relay=relay)
+        # The RSET after the last message follows its removal from the spool.
+        wait_for(lambda: up.handler.rsets == 8, what="the last RSET", relay=relay)
     assert len(up.handler.sessions) == 1 and up.handler.rsets == 8
     assert sorted(m.data.rsplit(b"\r\n", 2)[-2] for m in up.messages) == [
         b"n=%d" % i for i in range(8)
